@@ -1,0 +1,228 @@
+"""The contract every batch mixing policy follows.
+
+Convention (stated once, tested everywhere)::
+
+    mixed = mask * x + (1 - mask) * x[index]
+    lam   = mask.mean((1, 2, 3))          # share of the ORIGINAL sample x
+
+``lam`` always weights the original sample ``x[i]``; ``1 - lam`` weights its
+partner ``x[index[i]]``. Global policies (mixup) have ``mask=None`` and
+``mixed = lam * x + (1 - lam) * x[index]``.
+
+Randomness: every draw (lambda, pairing, box positions, ...) comes from the
+``generator`` given to the mixer (a ``torch.Generator``) or, when it is
+``None``, from torch's global RNG, so ``torch.manual_seed`` makes runs
+reproducible. Beta draws go through a NumPy generator seeded from that torch
+generator, because torch's Beta/Gamma samplers take no generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MODES = ("batch", "elem")
+
+
+@dataclass
+class MixResult:
+    """The outcome of mixing one batch.
+
+    Attributes:
+        images: mixed images, same shape/dtype/device/memory format as the input.
+        lam: float32 ``[B]``, share of the original sample in each mixed sample.
+        index: long ``[B]``, the partner of each sample (``x[index[i]]``).
+        mask: ``[B, 1, H, W]`` weight of the original sample, or ``None`` for
+            global (pixel-independent) mixing. May be an expanded view.
+    """
+
+    images: Tensor
+    lam: Tensor
+    index: Tensor
+    mask: Optional[Tensor] = None
+
+
+def _check_number(name: str, value, low=None, high=None, low_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None:
+        if low_open and value <= low:
+            raise ValueError(f"{name} must be > {low}, got {value}")
+        if not low_open and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_images(images) -> None:
+    """Raise a clear error unless ``images`` is a floating-point ``[B, C, H, W]`` tensor."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(
+            f"images must be 4-D [B, C, H, W], got {images.dim()}-D tensor of shape {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a floating-point tensor (float32/float16/bfloat16/float64), got {images.dtype}"
+        )
+    if images.shape[0] < 1:
+        raise ValueError("images must hold at least one sample, got an empty batch")
+
+
+class Mixer:
+    """Base class of the stateless batch mixing policies.
+
+    Args:
+        alpha: concentration of the Beta(alpha, alpha) distribution lambda is drawn from (> 0).
+        num_classes: number of classes; needed when labels are integers.
+        prob: probability of mixing at all (per batch in ``mode="batch"``, per
+            sample in ``mode="elem"``); an unmixed sample has ``lam = 1``.
+        mode: ``"batch"`` (one lambda and one geometry per batch) or ``"elem"``
+            (one per sample, fully vectorised).
+        label_smoothing: epsilon of label smoothing applied to both one-hot targets.
+        generator: ``torch.Generator`` for reproducible draws (``None``: global RNG).
+
+    Subclasses implement :meth:`_mix` and set ``name``.
+    """
+
+    name: str = "base"
+    #: True for policies that read model features (e.g. manifold mixing); False: images only.
+    needs_model: bool = False
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: Optional[int] = None,
+        prob: float = 1.0,
+        mode: str = "batch",
+        label_smoothing: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        self.alpha = _check_number("alpha", alpha, low=0.0, low_open=True)
+        self.prob = _check_number("prob", prob, low=0.0, high=1.0)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.label_smoothing = _check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+                raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+
+    # ------------------------------------------------------------------ random draws
+    @property
+    def _gen_device(self) -> torch.device:
+        return self.generator.device if self.generator is not None else torch.device("cpu")
+
+    def _seed(self) -> int:
+        """A 63-bit seed drawn from the torch generator (or the global RNG)."""
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self._gen_device).item())
+
+    def numpy_rng(self) -> np.random.Generator:
+        """A NumPy generator seeded from the torch generator (for Beta draws and the like)."""
+        return np.random.default_rng(self._seed())
+
+    def sample_lam(self, batch_size: int, alpha: Optional[float] = None) -> np.ndarray:
+        """Lambda draws from Beta(alpha, alpha): shape ``[1]`` in batch mode, ``[B]`` in elem mode."""
+        a = self.alpha if alpha is None else alpha
+        n = 1 if self.mode == "batch" else batch_size
+        return self.numpy_rng().beta(a, a, size=n)
+
+    def sample_apply(self, batch_size: int) -> np.ndarray:
+        """Which draws mix at all (``prob``): bool ``[1]`` (batch) or ``[B]`` (elem)."""
+        n = 1 if self.mode == "batch" else batch_size
+        if self.prob >= 1.0:
+            return np.ones(n, dtype=bool)
+        return self.numpy_rng().random(n) < self.prob
+
+    def sample_index(self, batch_size: int, device: torch.device) -> Tensor:
+        """Pairing: a random permutation of the batch."""
+        perm = torch.randperm(batch_size, generator=self.generator, device=self._gen_device)
+        return perm.to(device, non_blocking=True)
+
+    def uniform(self, *shape: int) -> Tensor:
+        """Uniform [0, 1) float64 draws on the CPU from the mixer's generator."""
+        return torch.rand(*shape, generator=self.generator, device=self._gen_device, dtype=torch.float64).cpu()
+
+    # ------------------------------------------------------------------ public API
+    def mix(self, images: Tensor) -> MixResult:
+        """Mix a batch of images. See the module docstring for the convention."""
+        check_images(images)
+        channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
+            and not images.is_contiguous()
+        b = images.shape[0]
+        index = self.sample_index(b, images.device)
+        lam = self.sample_lam(b)
+        apply = self.sample_apply(b)
+        if not apply.any():
+            # Nothing mixes: the identity, reported honestly (lam = 1, partner = self).
+            result = MixResult(
+                images=images,
+                lam=torch.ones(b, dtype=torch.float32, device=images.device),
+                index=torch.arange(b, device=images.device),
+                mask=None,
+            )
+            return result
+        lam = np.where(apply, lam, 1.0)
+        result = self._mix(images, index, lam)
+        if channels_last and not result.images.is_contiguous(memory_format=torch.channels_last):
+            result.images = result.images.contiguous(memory_format=torch.channels_last)
+        return result
+
+    def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray) -> MixResult:
+        """Subclass hook: ``lam`` is float64 ``[1]`` (batch mode) or ``[B]`` (elem mode);
+        unmixed samples already carry ``lam = 1``. Return a :class:`MixResult` whose
+        ``lam`` is the realised share of the original (e.g. after box clipping)."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, labels: Tensor):
+        """Mix ``images`` and return ``(mixed_images, targets)``; targets float ``[B, K]``, rows sum to 1."""
+        from samix.targets import check_labels, mix_targets
+
+        check_images(images)
+        check_labels(labels, images.shape[0], self.num_classes)
+        result = self.mix(images)
+        targets = mix_targets(labels, result, num_classes=self.num_classes,
+                              label_smoothing=self.label_smoothing, dtype=torch.float32)
+        return result.images, targets
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(alpha={self.alpha}, prob={self.prob}, mode={self.mode!r}, "
+                f"num_classes={self.num_classes}, label_smoothing={self.label_smoothing})")
+
+
+def lam_tensor(lam: np.ndarray, batch_size: int, device) -> Tensor:
+    """float32 ``[B]`` tensor from a batch-mode ``[1]`` or elem-mode ``[B]`` array."""
+    t = torch.as_tensor(np.asarray(lam, dtype=np.float32))
+    if t.numel() == 1:
+        t = t.expand(batch_size).clone()
+    return t.to(device, non_blocking=True)
+
+
+def broadcast_weight(lam: Tensor, images: Tensor) -> Tensor:
+    """``[B]`` weights as ``[B, 1, 1, 1]`` in the images' dtype."""
+    return lam.to(images.dtype).view(-1, 1, 1, 1)
+
+
+def mask_mix(images: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    """``mask * x + (1 - mask) * x[index]`` with a ``[B or 1, 1, H, W]`` mask.
+
+    Binary (bool) masks select with ``torch.where`` (exact, no arithmetic);
+    soft masks blend with ``torch.lerp``.
+    """
+    partner = images[index]
+    if mask.dtype == torch.bool:
+        return torch.where(mask, images, partner)
+    return torch.lerp(partner, images, mask.to(images.dtype))
