@@ -26,15 +26,34 @@ class Algorithm(nn.Module):
         model: the online network, a :class:`samix.models.Backbone`.
         num_classes: number of classes of the task.
         mixer: an optional batch mixer from :mod:`samix.mixing`.
-        **options: method-specific options from the config's ``algorithm`` section.
+        loss_fn: the classification loss ``loss_fn(logits, labels, lam, index)``
+            (:func:`samix.losses.build_loss`); mixed CE when ``None``.
+        generator: the ``torch.Generator`` of this process for the method's own draws.
+        **options: method-specific options from the config's ``algorithm`` section,
+            checked against :attr:`DEFAULTS`.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, mixer=None, **options: Any) -> None:
+    #: option name -> default; subclasses list every option they accept here.
+    DEFAULTS: Dict[str, Any] = {}
+
+    def __init__(self, model: nn.Module, num_classes: int, mixer=None, loss_fn=None,
+                 generator: Optional[torch.Generator] = None, **options: Any) -> None:
         super().__init__()
+        unknown = sorted(set(options) - set(self.DEFAULTS))
+        if unknown:
+            name = getattr(self, "algorithm_name", type(self).__name__)
+            allowed = ", ".join(sorted(self.DEFAULTS)) or "none"
+            raise ValueError(f"unknown option(s) {unknown} for algorithm {name!r}; allowed options: {allowed}")
         self.model = model
         self.num_classes = num_classes
         self.mixer = mixer
-        self.options = dict(options)
+        if loss_fn is None:
+            from samix.losses import build_loss
+
+            loss_fn = build_loss("ce")
+        self.loss_fn = loss_fn
+        self.generator = generator
+        self.options = {**self.DEFAULTS, **options}
         self.step = 0
         self.total_steps = 1
 
@@ -64,6 +83,10 @@ class Algorithm(nn.Module):
     def eval_model(self) -> nn.Module:
         """The network whose accuracy is reported."""
         return self.model
+
+    def save_visuals(self, out_dir, epoch: int, images: Tensor, labels: Tensor) -> Optional[str]:
+        """Optionally write a PNG (e.g. learned masks) for a fixed batch; returns its path."""
+        return None
 
 
 _ALGORITHMS: Dict[str, type] = {}

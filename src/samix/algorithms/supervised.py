@@ -1,0 +1,39 @@
+"""Supervised classification: vanilla, any static batch mixer, and manifold mixing.
+
+One step::
+
+    vanilla:   loss = L(model(x), y)
+    static:    r = mixer.mix(x);  loss = L(model(r.images), y, r.lam, r.index)
+    manifold:  (mixers with ``needs_model``) mix a hidden map inside the model, same loss
+
+``L`` is the configured mixed loss (:func:`samix.losses.build_loss`), called as
+``L(logits, labels, lam, index)``; without mixing ``lam = 1`` and ``index = arange``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor
+
+from .base import Algorithm, register_algorithm
+
+
+@register_algorithm("supervised")
+class Supervised(Algorithm):
+    def forward(self, images: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        b = images.shape[0]
+        if self.mixer is None:
+            logits = self.model(images)
+            lam = torch.ones(b, device=images.device)
+            index = torch.arange(b, device=images.device)
+        elif getattr(self.mixer, "needs_model", False):
+            logits, _, result = self.mixer.forward(self.model, images, labels)
+            lam, index = result.lam, result.index
+        else:
+            result = self.mixer.mix(images)
+            logits = self.model(result.images)
+            lam, index = result.lam, result.index
+        loss = self.loss_fn(logits, labels, lam, index)
+        return {"loss": loss}

@@ -1,0 +1,169 @@
+"""``samix`` command line: train | eval | show | compare | list | bench.
+
+    samix train configs/fashion_mnist/mixup.yaml epochs=80 seed=1
+    torchrun --nproc_per_node=4 -m samix.cli train configs/cifar100/mixup_r18.yaml
+    samix eval runs/mixup                       # top-1/top-5, ECE + reliability PNG (+ --corruptions)
+    samix show [RUN_DIR] [--out grid.png]       # mixed-sample grid (or a run's learned masks)
+    samix compare runs/vanilla runs/mixup ...   # table of summary.json files
+    samix list                                  # mixers, models, datasets, algorithms, losses
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _cmd_train(args) -> int:
+    from samix.engine.config import load_config
+    from samix.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from samix.engine.evaluate_run import evaluate_run
+
+    res = evaluate_run(args.run_dir, corruptions=args.corruptions, corruption_subset=args.subset,
+                       checkpoint=args.checkpoint)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_show(args) -> int:
+    if args.run_dir:
+        from samix.engine.evaluate_run import show_run
+
+        path = show_run(args.run_dir, out=args.out)
+    else:
+        from samix.viz import mixing_grid
+
+        path = mixing_grid(args.out or "mixing_grid.png")
+    print(f"wrote {path}")
+    return 0
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def compare_table(run_dirs: List[str]) -> str:
+    """A plain-text table of the runs' summary.json files."""
+    rows = []
+    for d in run_dirs:
+        p = Path(d) / "summary.json"
+        if not p.is_file():
+            rows.append((Path(d).name, None, None, None, None, None))
+            continue
+        s = json.loads(p.read_text())
+        rows.append((s.get("name") or Path(d).name, s.get("top1_median_last5"), s.get("top1_median_last10"),
+                     s.get("top1_best"), s.get("ece"), s.get("sec_per_iter")))
+    head = f"{'run':<24} {'top1 med5':>9} {'top1 med10':>10} {'top1 best':>9} {'ECE %':>7} {'s/iter':>8}"
+    lines = [head, "-" * len(head)]
+    for name, m5, m10, best, ece, spi in rows:
+        lines.append(f"{name:<24} {_fmt(m5, '9.2f')} {_fmt(m10, '10.2f')} {_fmt(best, '9.2f')} "
+                     f"{_fmt(ece, '7.2f')} {_fmt(spi, '8.4f')}")
+    return "\n".join(lines)
+
+
+def _cmd_compare(args) -> int:
+    print(compare_table(args.run_dirs))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from samix.algorithms import list_algorithms
+    from samix.mixing import get_mixer_class, list_mixers
+    from samix.models import list_models
+
+    sections = {
+        "mixers": [f"{m}{' (needs a model)' if get_mixer_class(m).needs_model else ''}" for m in list_mixers()],
+        "models": list_models() + ["timm:<any timm model name>"],
+        "algorithms": list_algorithms(),
+    }
+    try:
+        from samix.data import list_datasets
+
+        sections["datasets"] = list_datasets()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from samix.losses import list_losses
+
+        sections["losses"] = list_losses()
+    except ImportError:  # pragma: no cover
+        pass
+    for k, v in sections.items():
+        print(f"{k}: {', '.join(v)}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    import runpy
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    script = root / f"{args.name}.py"
+    if not script.is_file():
+        known = sorted(p.stem for p in root.glob("*.py"))
+        raise SystemExit(f"unknown benchmark {args.name!r}; known: {', '.join(known)} (looked in {root})")
+    sys.argv = [str(script)] + args.rest
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samix", description="mixup-based visual representation learning")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=10 mixer.name=cutmix")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run directory (accuracy, ECE, corruption robustness)")
+    e.add_argument("run_dir")
+    e.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
+    e.add_argument("--corruptions", action="store_true", help="also the 15 corruptions x 5 severities")
+    e.add_argument("--subset", type=int, default=None, help="test images used for the corruption benchmark")
+    e.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("show", help="PNG of mixed samples (all policies), or a run's learned masks")
+    s.add_argument("run_dir", nargs="?", default=None)
+    s.add_argument("--out", default=None, help="output PNG path")
+    s.set_defaults(fn=_cmd_show)
+
+    c = sub.add_parser("compare", help="table of several runs' summary.json")
+    c.add_argument("run_dirs", nargs="+")
+    c.set_defaults(fn=_cmd_compare)
+
+    ls = sub.add_parser("list", help="list mixers, models, datasets, algorithms and losses")
+    ls.set_defaults(fn=_cmd_list)
+
+    b = sub.add_parser("bench", help="run a script of benchmarks/ (e.g. mixing_throughput)")
+    b.add_argument("name")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        # User errors (bad config, missing data, unknown names) read better without a traceback;
+        # SAMIX_DEBUG=1 shows it.
+        if os.environ.get("SAMIX_DEBUG"):
+            raise
+        print(f"samix: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Configs are data: a YAML file merged over the defaults below, then ``key=value`` overrides.
+
+Rules:
+- A YAML file may name a parent with ``_base_: relative/path.yaml``; the parent is merged first.
+- The top-level sections are fixed (a typo is an error naming the key, the allowed keys and the file).
+- ``mixer`` and ``algorithm`` sections are open: their extra keys are the options of the chosen
+  mixer/algorithm, which validate them (an unknown option names the allowed ones).
+- Files are read with ``yaml.safe_load`` (through OmegaConf); nothing in a config executes code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DEFAULTS = {
+    "name": "run",
+    "seed": 0,
+    "epochs": 100,
+    "batch_size": 100,  # global batch size (split across processes under DDP)
+    "out_dir": None,  # run directory; default runs/<name>
+    "resume": False,
+    "device": "auto",  # auto | cpu | cuda
+    "precision": "fp32",  # fp32 | bf16 | fp16 (AMP; fp16/bf16 need a GPU to pay off)
+    "channels_last": False,
+    "num_workers": 0,
+    "log_interval": 50,  # iterations between plain log lines (non-terminal)
+    "eval_interval": 1,  # epochs between test evaluations
+    "threads": None,  # torch.set_num_threads on the CPU
+    "deterministic": False,
+    "data": {
+        "name": "cifar100",
+        "root": "data",
+        "preset": None,  # transform preset; default from the dataset
+        "image_size": None,
+        "padding": None,
+        "train_subset": None,  # stratified subset size of the training set (low-data regime)
+        "test_subset": None,
+    },
+    "model": {"name": "resnet18", "width": 1.0, "in_chans": None, "pretrained": None, "kwargs": {}},
+    "mixer": {"name": "none", "alpha": 1.0, "prob": 1.0, "mode": "batch"},
+    "algorithm": {"name": "supervised"},
+    "loss": {"name": "ce", "label_smoothing": 0.0, "kwargs": {}},
+    "optim": {
+        "name": "sgd",  # sgd | adamw | lamb
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "betas": [0.9, 0.999],
+        "grad_clip": None,  # max global grad norm
+    },
+    "sched": {"name": "cosine", "warmup_epochs": 0, "min_lr": 0.0, "warmup_start_factor": 0.01},
+    "eval": {"ece_bins": 15, "median_last": 10, "corruption": False, "corruption_subset": 1000},
+    "dist": {"backend": "auto", "find_unused_parameters": False, "sync_bn": False},
+    "viz": {"every": 0, "pairs": 6},  # learned-mask PNG every N epochs (learnable mixers)
+}
+
+OPEN_SECTIONS = ("mixer", "algorithm", "model.kwargs", "loss.kwargs")
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "optim.name": ("sgd", "adamw", "lamb"),
+    "sched.name": ("cosine", "step", "constant"),
+    "mixer.mode": ("batch", "elem"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem: names the key, what is allowed, and the file."""
+
+
+def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path}: _base_ cycle through {[str(s) for s in seen]}")
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(cfg).__name__}")
+    base = cfg.pop("_base_", None)
+    if base is not None:
+        bases = [base] if isinstance(base, str) else list(base)
+        merged = OmegaConf.create({})
+        for b in bases:
+            merged = OmegaConf.merge(merged, _load_yaml(path.parent / b, seen + (path.resolve(),)))
+        cfg = OmegaConf.merge(merged, cfg)
+    return cfg
+
+
+def _check_keys(cfg: DictConfig, schema: dict, where: str, source: str) -> None:
+    for key in cfg.keys():
+        dotted = f"{where}{key}"
+        if key not in schema:
+            raise ConfigError(
+                f"unknown config key {dotted!r} in {source}; allowed keys here: {', '.join(sorted(schema))}"
+            )
+        if dotted.rstrip(".") in OPEN_SECTIONS:
+            continue
+        if isinstance(schema[key], dict) and isinstance(cfg[key], DictConfig):
+            _check_keys(cfg[key], schema[key], f"{dotted}.", source)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()) -> DictConfig:
+    """Defaults <- YAML file (with ``_base_``) <- ``key=value`` overrides, validated."""
+    source = str(path) if path is not None else "<defaults>"
+    cfg = OmegaConf.create(DEFAULTS)
+    if path is not None:
+        file_cfg = _load_yaml(Path(path))
+        _check_keys(file_cfg, DEFAULTS, "", source)
+        cfg = OmegaConf.merge(cfg, file_cfg)
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. epochs=10)")
+    if overrides:
+        try:
+            ov = OmegaConf.from_dotlist(overrides)
+        except OmegaConfBaseException as e:  # pragma: no cover - malformed dotlist
+            raise ConfigError(f"bad override in {overrides}: {e}") from None
+        _check_keys(ov, DEFAULTS, "", "command-line overrides")
+        cfg = OmegaConf.merge(cfg, ov)
+    validate(cfg, source)
+    if cfg.out_dir is None:
+        cfg.out_dir = str(Path("runs") / str(cfg.name))
+    return cfg
+
+
+def validate(cfg: DictConfig, source: str = "<config>") -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} in {source} must be one of {list(allowed)}, got {value!r}")
+    for key in ("epochs", "batch_size"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"config key {key!r} in {source} must be a positive integer, got {v!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"config key 'seed' in {source} must be an integer, got {cfg.seed!r}")
+    if float(cfg.optim.lr) <= 0:
+        raise ConfigError(f"config key 'optim.lr' in {source} must be > 0, got {cfg.optim.lr!r}")
+    # Registries: names must exist (imported lazily: config loading stays cheap).
+    from samix.algorithms import list_algorithms
+    from samix.mixing import list_mixers
+    from samix.models import list_models
+
+    checks = [("algorithm.name", list_algorithms()), ("model.name", list_models()),
+              ("mixer.name", ["none"] + list_mixers())]
+    try:
+        from samix.data import list_datasets
+
+        checks.append(("data.name", list_datasets()))
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from samix.losses import list_losses
+
+        checks.append(("loss.name", list_losses()))
+    except ImportError:  # pragma: no cover
+        pass
+    for key, known in checks:
+        value = OmegaConf.select(cfg, key)
+        if key == "model.name" and isinstance(value, str) and value.startswith("timm:"):
+            continue
+        if value not in known:
+            raise ConfigError(f"config key {key!r} in {source} must be one of {list(known)}, got {value!r}")
+
+
+def section_options(section: DictConfig, reserved: Iterable[str] = ("name",)) -> dict:
+    """The open options of a section (``mixer``/``algorithm``) as a plain dict, minus reserved keys."""
+    d = OmegaConf.to_container(section, resolve=True)
+    for k in reserved:
+        d.pop(k, None)
+    return d
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), OmegaConf.to_yaml(cfg, resolve=True))

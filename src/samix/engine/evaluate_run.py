@@ -1,0 +1,68 @@
+"""``samix eval RUN_DIR`` and ``samix show RUN_DIR``: rebuild a run from its config and checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from .checkpoint import atomic_write_text, load_checkpoint
+from .config import load_config
+
+
+def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
+    """(cfg, info, algorithm with the checkpoint's weights, test loader) of a run directory."""
+    from .trainer import build_algorithm_from_config, build_data
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
+    cfg = load_config(cfg_path)
+    cfg.out_dir = str(run_dir)
+    info, _, test_loader, _ = build_data(cfg, 0, 1)
+    dev = torch.device(device)
+    algo = build_algorithm_from_config(cfg, info, dev, torch.Generator().manual_seed(0))
+    ck = load_checkpoint(Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt", map_location=dev)
+    algo.load_state_dict(ck["algorithm"])
+    algo.eval()
+    return cfg, info, algo, test_loader
+
+
+def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subset: Optional[int] = None,
+                 checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    from samix.evaluate import evaluate_classifier, expected_calibration_error, reliability_diagram
+
+    run_dir = Path(run_dir)
+    cfg, info, algo, test_loader = load_run(run_dir, checkpoint)
+    model = algo.eval_model()
+    ev = evaluate_classifier(model, test_loader, torch.device("cpu"), num_classes=info.num_classes)
+    res: Dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "loss": ev.get("loss")}
+    res["ece"] = float(expected_calibration_error(ev["logits"], ev["labels"], n_bins=int(cfg.eval.ece_bins)))
+    res["reliability_png"] = str(reliability_diagram(run_dir / "reliability.png", ev["logits"], ev["labels"],
+                                                     n_bins=int(cfg.eval.ece_bins), title=f"{cfg.name}"))
+    if corruptions:
+        from samix.evaluate import corruption_accuracy
+
+        subset = corruption_subset or int(cfg.eval.corruption_subset)
+        table = corruption_accuracy(model, test_loader.dataset, mean=info.mean, std=info.std,
+                                    max_samples=subset, batch_size=200)
+        res["corruption"] = table
+    atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
+    """Learned masks and mixed samples of a run (algorithms with visuals), on a fixed test batch."""
+    cfg, info, algo, test_loader = load_run(run_dir)
+    images, labels = next(iter(test_loader))
+    n = int(cfg.viz.pairs) * 2
+    path = algo.save_visuals(Path(out).parent if out else Path(run_dir), int(cfg.epochs), images[:n], labels[:n])
+    if path is None:
+        from samix.viz import mixing_grid
+
+        path = mixing_grid(out or str(Path(run_dir) / "mixing_grid.png"))
+    return str(path)
