@@ -97,6 +97,11 @@ class Mixer:
     name: str = "base"
     #: True for policies that read model features (e.g. manifold mixing); False: images only.
     needs_model: bool = False
+    #: True when the partner's pixels are pasted where they are, so that
+    #: ``images == mask * x + (1 - mask) * x[index]`` holds everywhere; False for
+    #: policies that transform the partner first (e.g. resizemix), where the
+    #: identity holds only where ``mask == 1``.
+    pixel_aligned: bool = True
 
     def __init__(
         self,
