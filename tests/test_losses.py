@@ -282,6 +282,18 @@ def test_pbce_matches_formula(variant, ref):
     torch.testing.assert_close(got, torch.tensor(ref(*lists(z, y, lam, index)), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("variant,ref", [("softmax", ref_pbce_softmax), ("sigmoid", ref_pbce_sigmoid)])
+def test_pbce_label_smoothing_smooths_the_pair_target(variant, ref):
+    """eps moves the pair target lam to (1 - eps) lam + eps / 2; a same-class pair keeps target 1."""
+    z, _, _, _ = batch(4, 5, seed=13)
+    y, index = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0, 3, 2])
+    lam = torch.tensor([0.2, 0.8, 0.6, 0.4], dtype=torch.float64)
+    got = L.pbce_loss(z, y, lam, index, variant=variant, label_smoothing=0.3, reduction="none")
+    zl, yl, laml, il = lists(z, y, lam, index)
+    smoothed = [0.7 * v + 0.15 for v in laml]
+    torch.testing.assert_close(got, torch.tensor(ref(zl, yl, smoothed, il), dtype=torch.float64))
+
+
 @pytest.mark.parametrize("variant", ["softmax", "sigmoid"])
 def test_pbce_is_local_to_the_pair(variant):
     """Classes outside the mixed pair get no gradient."""
@@ -327,6 +339,12 @@ def test_eta_balanced_matches_formula(variant):
     args = lists(z, y, lam, index)
     ref = ref_pbce_softmax if variant == "softmax" else ref_pbce_sigmoid
     want = [p + 0.5 * c for p, c in zip(ref(*args), ref_mixed_ce(*args))]
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    # label smoothing reaches both terms
+    got = L.eta_balanced_loss(z, y, lam, index, eta=0.5, variant=variant, label_smoothing=0.2, reduction="none")
+    zl, yl, laml, il = args
+    smoothed = [0.8 * v + 0.1 for v in laml]
+    want = [p + 0.5 * c for p, c in zip(ref(zl, yl, smoothed, il), ref_mixed_ce(*args, eps=0.2))]
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
 
 
@@ -447,6 +465,16 @@ def test_soft_ce_entry_takes_mixer_targets():
 
 
 # ---------------------------------------------------------------------------- registry and validation
+@pytest.mark.parametrize("name", CLASSIFICATION)
+def test_every_loss_takes_label_smoothing(name):
+    """The trainer passes label_smoothing to every configured loss; eps = 0 changes nothing."""
+    z, y, lam, index = batch()
+    torch.testing.assert_close(L.build_loss(name, label_smoothing=0.0)(z, y, lam, index),
+                               L.build_loss(name)(z, y, lam, index))
+    assert not torch.allclose(L.build_loss(name, label_smoothing=0.3)(z, y, lam, index),
+                              L.build_loss(name)(z, y, lam, index))
+
+
 def test_registry():
     assert set(CLASSIFICATION) <= set(L.list_losses())
     with pytest.raises(ValueError, match="known losses.*eta_balanced"):

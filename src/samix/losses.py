@@ -401,25 +401,27 @@ def decoupled_mixup_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, in
     return _reduce(base + eta * reg, reduction)
 
 
-def _pbce_rows(z: Tensor, labels: Tensor, lam: Tensor, index: Tensor, variant: str) -> Tensor:
+def _pbce_rows(z: Tensor, labels: Tensor, lam: Tensor, index: Tensor, variant: str,
+               label_smoothing: float = 0.0) -> Tensor:
     a = labels.long()
     b = a[index]
     za = z.gather(1, a.unsqueeze(1)).squeeze(1)
     zb = z.gather(1, b.unsqueeze(1)).squeeze(1)
     same = a == b
     zero = torch.zeros_like(za)
+    # the pair's target (lam, 1 - lam), smoothed over the pair's two classes
+    ta = lam * (1.0 - label_smoothing) + label_smoothing / 2
     if variant == "softmax":
         d = za - zb
-        loss = -(lam * F.logsigmoid(d) + (1.0 - lam) * F.logsigmoid(-d))
+        loss = -(ta * F.logsigmoid(d) + (1.0 - ta) * F.logsigmoid(-d))
         return torch.where(same, zero, loss)
-    ta = torch.where(same, torch.ones_like(lam), lam)
-    la = F.binary_cross_entropy_with_logits(za, ta, reduction="none")
-    lb = F.binary_cross_entropy_with_logits(zb, 1.0 - lam, reduction="none")
+    la = F.binary_cross_entropy_with_logits(za, torch.where(same, torch.ones_like(ta), ta), reduction="none")
+    lb = F.binary_cross_entropy_with_logits(zb, 1.0 - ta, reduction="none")
     return la + torch.where(same, zero, lb)
 
 
 def pbce_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, index: Optional[Tensor] = None,
-              variant: str = "softmax", reduction: str = "mean") -> Tensor:
+              variant: str = "softmax", label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
     r"""Parametric binary cross-entropy, the local term ``l+`` of SAMix (samix.txt Eq. 6).
 
     Eq. 6 reads ``l+ = -lam y_{i,a} log p_m - (1 - lam) y_{j,b} log p_m``: a
@@ -452,12 +454,17 @@ def pbce_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, index: Option
     ``"softmax"`` term is 0 (no gradient), and ``"sigmoid"`` gives
     ``BCE(sigmoid(z_a), 1)``.
 
+    ``label_smoothing = eps`` smooths the pair's target over its two classes:
+    ``lam -> (1 - eps) * lam + eps / 2`` (and ``1 - lam`` likewise); a
+    same-class pair keeps its target 1.
+
     Needs integer ``labels [B]``.
     """
     _OPTION_CHECKS["reduction"](reduction)
     _OPTION_CHECKS["variant"](variant)
+    label_smoothing = _OPTION_CHECKS["label_smoothing"](label_smoothing)
     z, labels, lam_t, index_t = _prepare(logits, labels, lam, index, allow_probs=False)
-    return _reduce(_pbce_rows(z, labels, lam_t, index_t, variant), reduction)
+    return _reduce(_pbce_rows(z, labels, lam_t, index_t, variant, label_smoothing), reduction)
 
 
 def eta_balanced_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, index: Optional[Tensor] = None,
@@ -467,7 +474,7 @@ def eta_balanced_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, index
 
     ``l_eta = l+ + eta * l-`` with ``l+ = pbce_loss(..., variant)`` (the two
     mixed classes, local smoothness) and ``l- = mixed_cross_entropy`` (all
-    classes, global discrimination, with ``label_smoothing``). The paper uses
+    classes, global discrimination); ``label_smoothing`` is passed to both. The paper uses
     ``eta`` in [0, 1]: 0.5 on small datasets (CIFAR, Tiny, CUB), 0.1 on
     ImageNet; any ``eta >= 0`` is accepted.
 
@@ -481,7 +488,7 @@ def eta_balanced_loss(logits: Tensor, labels: Tensor, lam: LamLike = None, index
     label_smoothing = _OPTION_CHECKS["label_smoothing"](label_smoothing)
     _OPTION_CHECKS["variant"](variant)
     z, labels, lam_t, index_t = _prepare(logits, labels, lam, index, allow_probs=False)
-    local = _pbce_rows(z, labels, lam_t, index_t, variant)
+    local = _pbce_rows(z, labels, lam_t, index_t, variant, label_smoothing)
     glob = _mixed_ce_rows(z, labels, lam_t, index_t, label_smoothing)
     return _reduce(local + eta * glob, reduction)
 
