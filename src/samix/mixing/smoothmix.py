@@ -1,30 +1,37 @@
-"""SmoothMix (Lee et al., 2020): a soft-edged square or circle of the partner.
+"""SmoothMix (Lee et al., 2020): a soft-edged square or circle blended into the other image.
 
 The paper blends the partner in through a Gaussian-shaped mask; a Gaussian's
 tails are cut by the image border by an amount that depends on where it lands,
 so its mean cannot be set to ``1 - lam``. We keep the idea (a soft-edged
-square/circle, no hard seams) with a **linear falloff of compact support**,
-whose mean is exactly ``1 - lam`` in the continuum:
+square/circle, no hard seams) with a **linear falloff of compact support**
+that always lies inside the image, so the mask mean is ``lam`` up to pixel
+discretisation:
 
-In normalised coordinates ``u = (y + 0.5) / H``, ``v = (x + 0.5) / W`` (the
-image is the unit square; a square is thus a box of the image's aspect ratio)
-and with ``d`` the distance to the centre ``(c_u, c_v)``,
-``d = max(|u - c_u|, |v - c_v|)`` ("square") or
-``d = sqrt((u - c_u)^2 + (v - c_v)^2)`` ("circle"), the partner's weight is the
-trapezoid::
+* **Profile.** In normalised coordinates ``u = (y + 0.5) / H``,
+  ``v = (x + 0.5) / W`` (the image is the unit square, so a "square" is a box
+  of the image's aspect ratio) and with ``d`` the distance to the centre
+  ``(c_u, c_v)`` -- ``max(|u - c_u|, |v - c_v|)`` ("square") or
+  ``sqrt((u - c_u)^2 + (v - c_v)^2)`` ("circle") -- the shape's weight is the
+  trapezoid::
 
-    p(d) = clip((r - d) / rho + 1/2, 0, 1),   rho = 2 * softness * r
+      p(d) = clip((r - d) / rho + 1/2, 0, 1),   rho = 2 k r
 
-(1 inside ``r (1 - softness)``, 0 beyond ``r (1 + softness)``, linear in
-between). Its integral is ``4 r^2 (1 + softness^2 / 3)`` (square) or
-``pi r^2 (1 + softness^2 / 3)`` (circle); ``r`` is solved so that this equals
-``1 - lam``. The centre is uniform over the positions that keep the support
-(half-width ``s = r (1 + softness)``) inside the image along each axis, or, when
-``s > 1/2``, over the positions that make it cover that axis entirely
-(``c ~ U[min(s, 1 - s), max(s, 1 - s)]``). Pixels sample ``p`` at their
-centres; the returned mask ``1 - p`` (weight of the original) is float and the
-realised ``lam`` is its mean, which differs from the drawn ``lam`` only by
-pixel discretisation and, for large boxes, the border.
+  (1 inside ``r (1 - k)``, 0 beyond ``r (1 + k)``, linear in between; ``k`` is the
+  softness). Its integral is ``c r^2 (1 + k^2 / 3)`` with ``c = 4`` (square) or
+  ``c = pi`` (circle); ``r`` is solved so that this equals the shape's area ``a``.
+* **Which image the shape carries.** The shape always holds the *minority*
+  share, ``a = min(lam, 1 - lam) <= 1/2``: for ``lam >= 1/2`` the partner is the
+  soft shape inside the original (mask ``= 1 - p``, the usual SmoothMix picture);
+  for ``lam < 1/2`` the original is the soft shape inside the partner (mask
+  ``= p``). Either way ``E[mask] = lam``.
+* **Fitting.** The shape's support (half-width ``s = r (1 + k)``) must fit in
+  the image; when it would not, ``k`` is lowered (per mask, by bisection) to
+  the largest softness that fits -- only circles with ``a`` above ~0.38 need it.
+  The centre is uniform over the positions that keep the support inside:
+  ``c ~ U[s, 1 - s]`` along each axis.
+
+Pixels sample the profile at their centres; the returned mask (weight of the
+original) is float and the realised ``lam`` is its mean.
 """
 
 from __future__ import annotations
@@ -41,40 +48,57 @@ from .registry import register_mixer
 SHAPES = ("square", "circle", "random")
 
 
-def smooth_masks(lam: Tensor, centre: Tensor, circle: Tensor, softness: float, h: int, w: int) -> Tensor:
-    """Soft masks ``[N, 1, h, w]`` (weight of the ORIGINAL sample) of the construction above.
+def fitting_softness(area: np.ndarray, c: np.ndarray, softness: float, iters: int = 40) -> np.ndarray:
+    """Largest softness ``<= softness`` whose trapezoid of integral ``area`` has support half-width ``<= 1/2``.
 
-    ``lam`` ``[N]`` target share of the original, ``centre`` ``[N, 2]`` (``c_u, c_v``
-    in normalised units), ``circle`` bool ``[N]`` (False: square); all on one
-    device, floating point. Vectorised over ``N``.
+    With the support pinned at 1/2, ``r = 1 / (2 (1 + k))`` and the integral
+    ``c (1 + k^2 / 3) / (4 (1 + k)^2)`` decreases in ``k``; it fits iff that is
+    ``>= area``. ``area < c / 4`` always fits at ``k = 0``. Vectorised bisection.
     """
-    dtype = lam.dtype
-    dev = lam.device
-    area = (1.0 - lam).clamp(0.0, 1.0)
-    factor = torch.where(circle, torch.full_like(area, math.pi), torch.full_like(area, 4.0))
-    r = torch.sqrt(area / (factor * (1.0 + softness ** 2 / 3.0)))
+    def fits(k):
+        return c * (1.0 + k ** 2 / 3.0) >= 4.0 * area * (1.0 + k) ** 2
+
+    k = np.full(area.shape, float(softness))
+    ok = fits(k)
+    lo, hi = np.zeros_like(k), k.copy()
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        good = fits(mid)
+        lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
+    return np.where(ok, k, lo)
+
+
+def trapezoid_shapes(r: Tensor, softness: Tensor, centre: Tensor, circle: Tensor, h: int, w: int) -> Tensor:
+    """Shape weights ``p`` ``[N, 1, h, w]`` of the trapezoid profile above, sampled at pixel centres.
+
+    ``r``, ``softness`` ``[N]`` (floating point), ``centre`` ``[N, 2]`` (``c_u, c_v``,
+    normalised), ``circle`` bool ``[N]`` (False: square); one device. ``r = 0``
+    gives an all-zero shape. Vectorised over ``N``.
+    """
+    dtype, dev = r.dtype, r.device
     rho = (2.0 * softness * r).clamp_min(torch.finfo(dtype).tiny)
     u = (torch.arange(h, device=dev, dtype=dtype) + 0.5) / h
     v = (torch.arange(w, device=dev, dtype=dtype) + 0.5) / w
     du = (u.view(1, h, 1) - centre[:, 0].view(-1, 1, 1)).abs()
     dv = (v.view(1, 1, w) - centre[:, 1].view(-1, 1, 1)).abs()
     d = torch.where(circle.view(-1, 1, 1), torch.sqrt(du ** 2 + dv ** 2), torch.maximum(du, dv))
-    partner = ((r.view(-1, 1, 1) - d) / rho.view(-1, 1, 1) + 0.5).clamp(0.0, 1.0)
-    partner = torch.where((r > 0).view(-1, 1, 1), partner, torch.zeros_like(partner))
-    return (1.0 - partner).unsqueeze(1)
+    p = ((r.view(-1, 1, 1) - d) / rho.view(-1, 1, 1) + 0.5).clamp(0.0, 1.0)
+    p = torch.where((r > 0).view(-1, 1, 1), p, torch.zeros_like(p))
+    return p.unsqueeze(1)
 
 
 @register_mixer("smoothmix")
 class SmoothMix(Mixer):
-    """SmoothMix: a soft-edged (linear falloff) square or circle of the partner covering ``1 - lam``.
+    """SmoothMix: a soft-edged (linear falloff) square or circle; the mask mean is ``lam``.
 
     Args:
         shape: ``"square"``, ``"circle"`` or ``"random"`` (a fair coin per mask).
-        softness: width of the soft edge relative to the shape's size, in ``(0, 1]``:
-            the falloff runs from ``r (1 - softness)`` to ``r (1 + softness)`` (default 0.5).
+        softness: ``k`` in ``(0, 1]``, the width of the soft edge relative to the
+            shape's size: the falloff runs from ``r (1 - k)`` to ``r (1 + k)``
+            (default 0.5; lowered per mask where the shape would not fit).
         **kwargs: the common :class:`~samix.mixing.base.Mixer` arguments.
 
-    The mask is float (in ``float32``, or ``float64`` for float64 images) and
+    The mask is float (``float32``, or ``float64`` for float64 images) and
     ``lam`` is its mean; see the module docstring for the construction.
     """
 
@@ -86,20 +110,23 @@ class SmoothMix(Mixer):
         self.softness = _check_number("softness", softness, low=0.0, low_open=True, high=1.0)
 
     def sample_masks(self, lam: np.ndarray, h: int, w: int, device, dtype) -> Tensor:
-        count = lam.size
-        u = self.uniform(count, 3)
-        if self.shape == "random":
-            circle = u[:, 2] < 0.5
-        else:
-            circle = torch.full((count,), self.shape == "circle")
-        lam64 = torch.as_tensor(np.asarray(lam, dtype=np.float64))
-        factor = torch.where(circle, torch.full_like(lam64, math.pi), torch.full_like(lam64, 4.0))
-        r = torch.sqrt((1.0 - lam64).clamp(0.0, 1.0) / (factor * (1.0 + self.softness ** 2 / 3.0)))
-        s = r * (1.0 + self.softness)
-        low, high = torch.minimum(s, 1.0 - s), torch.maximum(s, 1.0 - s)
-        centre = low[:, None] + (high - low)[:, None] * u[:, :2]
-        return smooth_masks(lam64.to(device, dtype), centre.to(device, dtype), circle.to(device),
-                            self.softness, h, w)
+        """Soft masks ``[N, 1, h, w]`` (weight of the original), ``N = lam.size``."""
+        lam = np.asarray(lam, dtype=np.float64)
+        u = self.uniform(lam.size, 3).numpy()
+        circle = u[:, 2] < 0.5 if self.shape == "random" else np.full(lam.size, self.shape == "circle")
+        area = np.clip(np.minimum(lam, 1.0 - lam), 0.0, 0.5)
+        c = np.where(circle, math.pi, 4.0)
+        k = fitting_softness(area, c, self.softness)
+        r = np.sqrt(area / (c * (1.0 + k ** 2 / 3.0)))
+        s = np.minimum(r * (1.0 + k), 0.5)
+        centre = s[:, None] + (1.0 - 2.0 * s[:, None]) * u[:, :2]
+
+        def t(a):
+            return torch.as_tensor(a).to(device=device, dtype=dtype)
+
+        p = trapezoid_shapes(t(r), t(k), t(centre), torch.as_tensor(circle).to(device), h, w)
+        partner_is_shape = torch.as_tensor(lam >= 0.5).to(device).view(-1, 1, 1, 1)
+        return torch.where(partner_is_shape, 1.0 - p, p)
 
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray) -> MixResult:
         b = images.shape[0]
@@ -115,4 +142,4 @@ class SmoothMix(Mixer):
         return super().__repr__()[:-1] + f", shape={self.shape!r}, softness={self.softness})"
 
 
-__all__ = ["SHAPES", "SmoothMix", "smooth_masks"]
+__all__ = ["SHAPES", "SmoothMix", "fitting_softness", "trapezoid_shapes"]
