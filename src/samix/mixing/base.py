@@ -221,13 +221,42 @@ def broadcast_weight(lam: Tensor, images: Tensor) -> Tensor:
     return lam.to(images.dtype).view(-1, 1, 1, 1)
 
 
+def gather_batch(images: Tensor, index: Tensor) -> Tensor:
+    """``images[index]`` along the batch dimension, as a new tensor in the input's memory format.
+
+    ``index_select`` copies whole samples where advanced indexing goes element by
+    element (measured on one CPU thread, batch 128: 3-6x faster at 3x32x32, about
+    1.7x at 3x224x224). A channels_last input is gathered through its NHWC view so
+    that the result stays channels_last (``index_select`` alone would not).
+    """
+    index = index.to(images.device)
+    if images.dim() == 4 and not images.is_contiguous() \
+            and images.is_contiguous(memory_format=torch.channels_last):
+        return images.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    if images.is_contiguous():
+        return images.index_select(0, index)
+    return images[index]
+
+
+def _tracks_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def mask_mix(images: Tensor, index: Tensor, mask: Tensor) -> Tensor:
     """``mask * x + (1 - mask) * x[index]`` with a ``[B or 1, 1, H, W]`` mask.
 
     Binary (bool) masks select with ``torch.where`` (exact, no arithmetic);
-    soft masks blend with ``torch.lerp``.
+    soft masks blend with ``torch.lerp``. The result is written into the freshly
+    gathered partner (one output allocation instead of two) unless autograd
+    tracks ``images`` or ``mask``, where the out-of-place ops are used.
     """
-    partner = images[index]
+    partner = gather_batch(images, index)
+    inplace = not _tracks_grad(images, mask)
     if mask.dtype == torch.bool:
+        if inplace:
+            return torch.where(mask, images, partner, out=partner)
         return torch.where(mask, images, partner)
-    return torch.lerp(partner, images, mask.to(images.dtype))
+    weight = mask.to(images.dtype)
+    if inplace:
+        return partner.lerp_(images, weight)
+    return torch.lerp(partner, images, weight)
