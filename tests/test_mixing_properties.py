@@ -167,6 +167,16 @@ def test_prob_half_in_elem_mode_leaves_about_half_unmixed(name):
     assert float((res.lam[~keep] < 1).float().mean()) > 0.5
 
 
+@pytest.mark.parametrize("name,mode", PAIRS)
+def test_gradients_flow_and_each_output_pixel_is_a_convex_combination(name, mode):
+    x = images(4, 2, 9, 9, dtype=torch.float64).requires_grad_(True)
+    res = seeded(name, mode, 1).mix(x)
+    res.images.sum().backward()
+    # every output pixel is a convex combination of input pixels: the weights sum to 1
+    torch.testing.assert_close(x.grad.sum(), torch.tensor(float(x.numel()), dtype=torch.float64))
+    assert bool((x.grad >= 0).all())
+
+
 # ---------------------------------------------------------------------------- targets
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number
+from .base import MixResult, Mixer, _check_number, mask_mix
 from .boxes import box_area_fraction, boxes_to_mask, random_boxes
 from .cutmix import CutMix
 from .mixup import MixUp
@@ -77,7 +77,7 @@ class MixupCutmix(Mixer):
         lam_t = torch.as_tensor(lam_real, dtype=mask_dtype).to(images.device, non_blocking=True)
         cut_t = torch.as_tensor(cut).to(images.device, non_blocking=True).view(b, 1, 1, 1)
         mask = torch.where(cut_t, box_mask.to(mask_dtype), lam_t.view(b, 1, 1, 1).expand(b, 1, h, w))
-        mixed = torch.lerp(images[index], images, mask.to(images.dtype))
+        mixed = mask_mix(images, index, mask)
         return MixResult(mixed, mask.mean((1, 2, 3)).float(), index, mask)
 
     def __repr__(self) -> str:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, lam_tensor
+from .base import MixResult, Mixer, _check_number, gather_batch, lam_tensor
 from .boxes import box_area_fraction, boxes_to_mask
 from .registry import register_mixer
 
@@ -119,13 +119,13 @@ class ResizeMix(Mixer):
             y1, y2, x1, x2 = (int(v) for v in boxes[0])
             mixed = images.clone()
             if y2 > y1 and x2 > x1:
-                small = F.interpolate(images[index], size=(y2 - y1, x2 - x1), mode="bilinear",
+                small = F.interpolate(gather_batch(images, index), size=(y2 - y1, x2 - x1), mode="bilinear",
                                       align_corners=False, antialias=False)
                 mixed[:, :, y1:y2, x1:x2] = small
             mask = boxes_to_mask(boxes, h, w, images.device).expand(b, 1, h, w)
         else:
             mask = boxes_to_mask(boxes, h, w, images.device)
-            pasted = resize_into_boxes(images[index], boxes)
+            pasted = resize_into_boxes(gather_batch(images, index), boxes)
             mixed = torch.where(mask, images, pasted)
         return MixResult(mixed, lam_tensor(lam_real, b, images.device), index, mask.to(images.dtype))
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number
+from .base import MixResult, Mixer, _check_number, mask_mix
 from .registry import register_mixer
 
 SHAPES = ("square", "circle", "random")
@@ -133,7 +133,7 @@ class SmoothMix(Mixer):
         h, w = images.shape[-2:]
         mask_dtype = torch.promote_types(images.dtype, torch.float32)
         mask = self.sample_masks(lam, h, w, images.device, mask_dtype)
-        mixed = torch.lerp(images[index], images, mask.to(images.dtype))
+        mixed = mask_mix(images, index, mask)
         mask = mask.expand(b, 1, h, w)
         lam_real = mask.mean((1, 2, 3)).float()
         return MixResult(mixed, lam_real, index, mask)
