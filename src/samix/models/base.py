@@ -62,6 +62,7 @@ def _check_stage(stage: int, num_stages: int) -> None:
 
 
 _MODELS: Dict[str, Callable[..., Backbone]] = {}
+_NAMESPACES: Dict[str, Callable[..., Backbone]] = {}
 
 
 def register_model(name: str):
@@ -74,12 +75,45 @@ def register_model(name: str):
     return deco
 
 
+def register_model_namespace(prefix: str):
+    """Register a builder for a family of names ``"<prefix>:<name>"`` (e.g. ``"timm:resnet18"``);
+    it is called as ``builder(name, num_classes=..., in_chans=..., width=..., **kwargs)``."""
+
+    def deco(fn):
+        if prefix in _NAMESPACES:
+            raise ValueError(f"model namespace {prefix!r} is already registered")
+        _NAMESPACES[prefix] = fn
+        return fn
+
+    return deco
+
+
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(name: str, num_classes: int, in_chans: int = 3, width: float = 1.0, **kwargs) -> Backbone:
-    """Build a registered backbone. Unknown names raise ``ValueError`` listing the known ones."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
+def build_model(name: str, num_classes: int, in_chans: int = 3, width: float = 1.0, pretrained=None,
+                **kwargs) -> Backbone:
+    """Build a registered backbone (or ``"<namespace>:<name>"``, e.g. ``"timm:resnet18"``).
+
+    ``pretrained``: a local ``.safetensors`` / ``.pt`` state dict loaded with
+    :func:`samix.models.weights.load_pretrained` (a classifier of another shape is skipped).
+    Unknown names raise ``ValueError`` listing the known ones.
+    """
+    if pretrained is not None:  # fail on a bad path before building a large model
+        from .weights import check_weights_path
+
+        pretrained = check_weights_path(pretrained)
+    if isinstance(name, str) and name in _MODELS:
+        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
+    elif isinstance(name, str) and name.partition(":")[0] in _NAMESPACES and name.partition(":")[2]:
+        prefix, _, sub = name.partition(":")
+        model = _NAMESPACES[prefix](sub, num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
+    else:
+        spaces = "".join(f", {p}:<name>" for p in sorted(_NAMESPACES))
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}{spaces}")
+    if pretrained is not None:
+        from .weights import load_pretrained
+
+        load_pretrained(model, pretrained)
+    return model
