@@ -694,12 +694,41 @@ def _pixelate(x: Tensor, factor: float, generator) -> Tensor:
     return torch.matmul(torch.matmul(mh, x), mw.t())
 
 
+def _jpeg_roundtrip(images: Sequence[Tensor], quality: int) -> list:
+    """Encode and decode uint8 ``[C, H, W]`` CPU images with libjpeg at ``quality``.
+
+    ``torchvision.io.encode_jpeg``/``decode_jpeg`` (batched); torchvision 0.29 marks them deprecated
+    in favour of TorchCodec, so that warning is silenced here and PIL (what the benchmark used;
+    bit-identical output with the same libjpeg) takes over once they are gone.
+    """
+    import warnings
+
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+    except ImportError:  # pragma: no cover - future torchvision without image codecs
+        encode_jpeg = None
+    if encode_jpeg is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io.*")
+            return decode_jpeg(encode_jpeg(list(images), quality=quality), mode=ImageReadMode.UNCHANGED)
+    import io  # pragma: no cover
+
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for img in images:  # pragma: no cover
+        buf = io.BytesIO()
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, "JPEG", quality=quality)
+        dec = torch.from_numpy(np.array(Image.open(buf)))
+        out.append(dec.unsqueeze(0) if dec.dim() == 2 else dec.permute(2, 0, 1))
+    return out
+
+
 @register_corruption("jpeg_compression", "digital", _PARAMS["jpeg_compression"])
 def _jpeg(x: Tensor, quality: int, generator) -> Tensor:
     """Round to uint8 and round-trip through libjpeg at ``quality`` (CPU, 4:2:0 chroma subsampling)."""
-    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
     u8 = (x * 255).round_().clamp_(0, 255).to(device="cpu", dtype=torch.uint8)
-    encoded = encode_jpeg(list(u8.unbind(0)), quality=int(quality))
-    decoded = decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED)
-    return torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255
+    decoded = _jpeg_roundtrip(u8.unbind(0), int(quality))
+    return torch.stack(list(decoded)).to(device=x.device, dtype=x.dtype) / 255
