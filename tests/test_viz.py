@@ -194,6 +194,21 @@ def test_mixing_grid_draws_the_cells_of_mixing_cells(pair, tmp_path, monkeypatch
     assert calls == [("cutmix", (0.3, 0.7), 5), ("mixup", (0.3, 0.7), 5)]
 
 
+def test_mixing_grid_palette_png_is_smaller_and_keeps_the_layout(tmp_path):
+    photos = viz.load_sample_photos(48, n=2)
+    kw = dict(policies=["mixup", "cutmix"], lams=(0.3, 0.7), photos=photos, dpi=50)
+    full = viz.mixing_grid(tmp_path / "full.png", **kw)
+    pal = viz.mixing_grid(tmp_path / "pal.png", colors=64, **kw)
+    assert _png_shape(pal) == _png_shape(full)
+    assert pal.stat().st_size < full.stat().st_size
+    from PIL import Image
+
+    with Image.open(pal) as im:
+        assert im.mode == "P" and len(im.getcolors(256)) <= 64
+    with pytest.raises(ValueError, match="colors"):
+        viz.mixing_grid(tmp_path / "x.png", colors=1000, **kw)
+
+
 def test_mixing_grid_single_row_and_errors(pair, tmp_path):
     _png_shape(viz.mixing_grid(tmp_path / "one.png", "mixup", lams=(0.5,), photos=pair, dpi=30))
     with pytest.raises(ValueError, match="at least one policy"):
