@@ -34,23 +34,33 @@ def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str 
 
 def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subset: Optional[int] = None,
                  checkpoint: Optional[str] = None) -> Dict[str, Any]:
-    from samix.evaluate import evaluate_classifier, expected_calibration_error, reliability_diagram
+    from samix.evaluate import evaluate_classifier, reliability_diagram
 
     run_dir = Path(run_dir)
     cfg, info, algo, test_loader = load_run(run_dir, checkpoint)
     model = algo.eval_model()
-    ev = evaluate_classifier(model, test_loader, torch.device("cpu"), num_classes=info.num_classes)
-    res: Dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "loss": ev.get("loss")}
-    res["ece"] = float(expected_calibration_error(ev["logits"], ev["labels"], n_bins=int(cfg.eval.ece_bins)))
+    ev = evaluate_classifier(model, test_loader, torch.device("cpu"), num_classes=info.num_classes,
+                             return_logits=True, n_bins=int(cfg.eval.ece_bins))
+    res: Dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "loss": ev.get("loss"), "ece": ev["ece"]}
     res["reliability_png"] = str(reliability_diagram(run_dir / "reliability.png", ev["logits"], ev["labels"],
                                                      n_bins=int(cfg.eval.ece_bins), title=f"{cfg.name}"))
     if corruptions:
+        from torchvision.transforms import v2
+
+        from samix.data import build_dataset, stratified_subset
         from samix.evaluate import corruption_accuracy
 
+        # corruptions apply to un-normalised [0, 1] images; normalisation follows inside
+        raw = build_dataset(cfg.data.name, cfg.data.root, train=False,
+                            transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
         subset = corruption_subset or int(cfg.eval.corruption_subset)
-        table = corruption_accuracy(model, test_loader.dataset, mean=info.mean, std=info.std,
-                                    max_samples=subset, batch_size=200)
-        res["corruption"] = table
+        if subset and subset < len(raw):
+            raw = stratified_subset(raw, subset, seed=0)
+        rep = corruption_accuracy(model, raw, mean=info.mean, std=info.std, batch_size=200)
+        res["corruption"] = {"mean_top1": rep.mean_top1, "mean_error": rep.mean_error(),
+                             "clean_top1": rep.clean_top1, "n": rep.n,
+                             "per_corruption": rep.per_corruption(),
+                             "table": {k: {str(sv): v for sv, v in row.items()} for k, row in rep.table.items()}}
     atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2) + "\n")
     return res
 

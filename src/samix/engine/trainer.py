@@ -139,11 +139,17 @@ def build_algorithm_from_config(cfg: DictConfig, info, device: torch.device, gen
     return algo
 
 
-def evaluate(algo, loader, device, amp_dtype, num_classes: int, channels_last: bool) -> Dict[str, Any]:
+def _to_channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def evaluate(algo, loader, device, amp_dtype, num_classes: int, channels_last: bool,
+             return_logits: bool = False, n_bins: int = 15) -> Dict[str, Any]:
     from samix.evaluate import evaluate_classifier
 
     return evaluate_classifier(algo.eval_model(), loader, device, amp_dtype=amp_dtype, num_classes=num_classes,
-                               channels_last=channels_last)
+                               return_logits=return_logits, n_bins=n_bins,
+                               input_transform=_to_channels_last if channels_last else None)
 
 
 # ----------------------------------------------------------------------------------- metrics files
@@ -162,11 +168,16 @@ def _plot_curves(out_dir: Path, rows: List[dict]) -> None:
         from samix.viz import plot_curves
     except ImportError:  # pragma: no cover
         return
+    nan = float("nan")
     epochs = [r["epoch"] for r in rows]
-    plot_curves(out_dir / "curves.png",
-                {"train loss": [r["train_loss"] for r in rows], "test loss": [r.get("test_loss") for r in rows],
-                 "test top-1 (%)": [r["top1"] for r in rows]},
-                xlabel="epoch", ylabel="", title=f"{out_dir.name}", x=epochs)
+
+    def col(k):
+        return [nan if r.get(k) is None else r[k] for r in rows]
+
+    plot_curves(out_dir / "curves_loss.png", {"train loss": col("train_loss"), "test loss": col("test_loss")},
+                xlabel="epoch", ylabel="loss", title=f"{out_dir.name}: loss", x=epochs)
+    plot_curves(out_dir / "curves.png", {"test top-1 (%)": col("top1"), "test top-5 (%)": col("top5")},
+                xlabel="epoch", ylabel="accuracy (%)", title=f"{out_dir.name}: accuracy", x=epochs)
 
 
 class _Progress:
@@ -381,16 +392,16 @@ def finish(cfg, algo, test_loader, device, amp_dtype, info, rows, di) -> Dict[st
     from samix.evaluate import median_last
 
     out_dir = Path(cfg.out_dir)
-    ev = evaluate(algo, test_loader, device, amp_dtype, info.num_classes, bool(cfg.channels_last))
-    ece = None
-    if "logits" in ev and di.is_main and ev["logits"] is not None:
-        from samix.evaluate import expected_calibration_error, reliability_diagram
+    n_bins = int(cfg.eval.ece_bins)
+    ev = evaluate(algo, test_loader, device, amp_dtype, info.num_classes, bool(cfg.channels_last),
+                  return_logits=True, n_bins=n_bins)
+    ece = float(ev["ece"])  # global (all-reduced bin sums under DDP)
+    if di.is_main:
+        from samix.evaluate import reliability_diagram
 
-        ece = float(expected_calibration_error(ev["logits"], ev["labels"], n_bins=int(cfg.eval.ece_bins)))
-        reliability_diagram(out_dir / "reliability.png", ev["logits"], ev["labels"], n_bins=int(cfg.eval.ece_bins),
-                            title=f"{cfg.name}: reliability")
-    elif "ece" in ev:
-        ece = ev["ece"]
+        # the diagram shows this process's shard (the whole test set on one process)
+        reliability_diagram(out_dir / "reliability.png", ev["logits"], ev["labels"], n_bins=n_bins,
+                            title=f"{cfg.name}: reliability (ECE {ece:.2f}%)")
     top1 = [r["top1"] for r in rows if r["top1"] is not None]
     spi = [r["sec_per_iter"] for r in rows]
     summary = {
