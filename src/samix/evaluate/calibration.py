@@ -110,7 +110,9 @@ def ece_from_bin_stats(stats: Tensor) -> float:
     return float(100.0 * (stats[1] - stats[2]).abs().sum() / n)
 
 
-def expected_calibration_error(probs_or_logits: Tensor, labels: Tensor, n_bins: int = 15, inputs: str = "auto") -> float:
+def expected_calibration_error(
+    probs_or_logits: Tensor, labels: Tensor, n_bins: int = 15, inputs: str = "auto"
+) -> float:
     """Expected calibration error in percent (0-100), L1 norm, ``n_bins`` equal-width bins.
 
     Computed with torchmetrics' ``multiclass_calibration_error`` (``norm="l1"``) on probabilities.

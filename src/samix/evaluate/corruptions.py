@@ -207,7 +207,8 @@ def corrupt(images: Tensor, name: str, severity: int, generator: Optional[torch.
         generator: ``torch.Generator`` for every random draw (``None``: global RNG).
 
     Returns:
-        The corrupted batch, clipped to ``[0, 1]``, same shape/dtype/device/memory format.
+        The corrupted batch, clipped to ``[0, 1]``, same shape/dtype/device/memory format
+        (detached: corruptions are for evaluation, no gradient flows through them).
     """
     spec = get_corruption(name)
     severity = _check_severity(severity)

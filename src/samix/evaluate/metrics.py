@@ -67,7 +67,9 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels must have shape [{logits.shape[0]}] (one per row of logits), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape [{logits.shape[0]}] (one per row of logits), got {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
     lo, hi = int(labels.min()), int(labels.max())
@@ -113,6 +115,13 @@ def unpack_batch(batch) -> Tuple[Tensor, Tensor]:
         "a loader batch must be a tuple/list (images, labels, ...), "
         f"got {type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else ' of length ' + str(len(batch))}"
     )
+
+
+def _check_max_batches(max_batches) -> None:
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -161,7 +170,8 @@ class _Accumulator:
         self.sums[:k] += topk_correct(logits, labels, self.ks).to(self.sums.dtype)
         self.sums[k] += F.cross_entropy(logits, labels, reduction="sum").to(self.sums.dtype)
         self.sums[k + 1] += labels.shape[0]
-        self.sums[k + 2 :] += calibration_bin_stats(logits.softmax(1), labels, self.n_bins).flatten().to(self.sums.dtype)
+        bins = calibration_bin_stats(logits.softmax(1), labels, self.n_bins)
+        self.sums[k + 2 :] += bins.flatten().to(self.sums.dtype)
 
     def all_reduce(self) -> None:
         if _dist_ready():
@@ -225,8 +235,7 @@ def evaluate_classifier(
     ks = _check_ks(ks)
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    _check_max_batches(max_batches)
     if amp_dtype is not None and not (isinstance(amp_dtype, torch.dtype) and amp_dtype.is_floating_point):
         raise TypeError(f"amp_dtype must be a floating torch.dtype or None, got {amp_dtype!r}")
     device = _model_device(model) if device is None else torch.device(device)
@@ -254,7 +263,9 @@ def evaluate_classifier(
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 if labels.dim() != 1 or labels.is_floating_point():
-                    raise ValueError(f"labels must be int class indices [B], got {labels.dtype} of shape {tuple(labels.shape)}")
+                    raise ValueError(
+                        f"labels must be int class indices [B], got {labels.dtype} of shape {tuple(labels.shape)}"
+                    )
                 if input_transform is not None:
                     images = input_transform(images)
                 with autocast:
@@ -265,7 +276,9 @@ def evaluate_classifier(
                         f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
                     )
                 if num_classes is not None and logits.shape[1] != num_classes:
-                    raise ValueError(f"model returned {logits.shape[1]} logits per sample, expected num_classes={num_classes}")
+                    raise ValueError(
+                        f"model returned {logits.shape[1]} logits per sample, expected num_classes={num_classes}"
+                    )
                 acc.update(logits, labels)
                 if return_logits:
                     kept_logits.append(logits.float().cpu())

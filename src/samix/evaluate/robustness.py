@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corruptions import CORRUPTION_CATEGORIES, SEVERITIES, _apply, _check_corruption_images, get_corruption
 from .corruptions import list_corruptions
-from .metrics import _dist_ready, _model_device, local_sample_limit, unpack_batch
+from .metrics import _check_max_batches, _dist_ready, _model_device, local_sample_limit, unpack_batch
 
 __all__ = ["CorruptionReport", "corruption_accuracy"]
 
@@ -170,8 +170,7 @@ def corruption_accuracy(
         raise ValueError(f"severities must be a non-empty subset of {list(SEVERITIES)}, got {severities!r}")
     if len(set(names)) != len(names) or len(set(sevs)) != len(sevs):
         raise ValueError(f"corruptions and severities must not repeat, got {names!r} and {sevs!r}")
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    _check_max_batches(max_batches)
     device = _model_device(model) if device is None else torch.device(device)
 
     if isinstance(dataset_or_loader, Dataset) and not isinstance(dataset_or_loader, DataLoader):
@@ -231,7 +230,9 @@ def corruption_accuracy(
     n = float(h[-1])
     if n <= 0:
         raise ValueError("the data yielded no samples")
-    table = {name: {s: 100.0 * float(h[i * len(sevs) + j]) / n for j, s in enumerate(sevs)} for i, name in enumerate(names)}
+    table = {
+        name: {s: 100.0 * float(h[i * len(sevs) + j]) / n for j, s in enumerate(sevs)} for i, name in enumerate(names)
+    }
     cells = [v for row in table.values() for v in row.values()]
     return CorruptionReport(
         table=table,
