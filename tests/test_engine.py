@@ -141,7 +141,7 @@ def _weights(run_dir: Path):
 def test_run_directory_contract_and_learning(tmp_path, fm_root):
     from samix.engine.trainer import train
 
-    cfg = _cfg(tmp_path, fm_root, "epochs=4", "optim.lr=0.1")
+    cfg = _cfg(tmp_path, fm_root, "epochs=4", "optim.lr=0.1", "data.preset=none")
     summary = train(cfg)
     run = Path(cfg.out_dir)
     for f in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "summary.json", "curves.png",
@@ -204,7 +204,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, fm_root):
     GroupNorm (not BatchNorm: its statistics are per process) and no random augmentation, so the only
     difference is how the gradient of the global batch is summed.
     """
-    common = TINY + [f"data.root={fm_root}", "data.preset=none", "model.kwargs.norm=gn", "epochs=2",
+    common = TINY + [f"data.root={fm_root}", "data.preset=none", "data.padding=null", "model.kwargs.norm=gn", "epochs=2",
                      "data.train_subset=80", "batch_size=20", "optim.lr=0.05", "eval.median_last=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     cfg_file = str(REPO / "configs" / "fashion_mnist" / "vanilla.yaml")
