@@ -255,3 +255,63 @@ def test_plot_curves(tmp_path):
         viz.plot_curves(tmp_path / "e.png", {"a": ["x", "y"]})
     with pytest.raises(ValueError, match="x must have"):
         viz.plot_curves(tmp_path / "e.png", {"a": [1, 2, 3]}, x=[0, 1])
+
+
+# --------------------------------------------------------------------------- learned-mask grid
+def _masks(n_lam, n_pairs, h, w, seed=0):
+    return torch.rand(n_lam, n_pairs, 1, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_mask_grid_cells_pairs_and_formula():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 8, 8, generator=g)  # 2 pairs + a spare image
+    masks = _masks(3, 2, 8, 8)
+    a, b, m, mixed = viz.mask_grid_cells(images, masks)
+    assert torch.equal(a, images[[0, 2]]) and torch.equal(b, images[[1, 3]])  # pairs (0, 1), (2, 3)
+    torch.testing.assert_close(mixed, m * a + (1 - m) * b)
+    assert mixed.shape == (3, 2, 3, 8, 8)
+    # a mask of ones shows A, of zeros shows B
+    _, _, _, ext = viz.mask_grid_cells(images, torch.stack([torch.ones(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)]))
+    torch.testing.assert_close(ext[0], a)
+    torch.testing.assert_close(ext[1], b)
+
+
+def test_mask_grid_cells_normalised_images_and_small_masks():
+    g = torch.Generator().manual_seed(1)
+    raw = torch.rand(4, 1, 8, 8, generator=g)
+    normalised = (raw - 0.3) / 0.2  # outside [0, 1]: rescaled by one affine map for display
+    masks = _masks(2, 2, 4, 4)      # half resolution: resized to 8 x 8
+    a, b, m, mixed = viz.mask_grid_cells(normalised, masks)
+    assert float(torch.cat([a, b]).min()) == pytest.approx(0.0, abs=1e-6)
+    assert float(torch.cat([a, b]).max()) == pytest.approx(1.0, abs=1e-6)
+    assert m.shape == (2, 2, 1, 8, 8)
+    # the common map commutes with mixing: display(mix) == mix(display)
+    lo, hi = float(normalised.min()), float(normalised.max())
+    mix_raw = m * normalised[0::2] + (1 - m) * normalised[1::2]
+    torch.testing.assert_close(mixed, (mix_raw - lo) / (hi - lo), atol=1e-5, rtol=0)
+
+
+def test_save_mask_grid_png_layout(tmp_path):
+    images = torch.rand(6, 3, 8, 8)
+    lams = [0.0, 0.5, 1.0]
+    kw = dict(dpi=30, cell_inches=1.0)
+    h0, w0 = _png_shape(viz.save_mask_grid(tmp_path / "a.png", images[:4], _masks(3, 2, 8, 8), lams, **kw))
+    h1, w1 = _png_shape(viz.save_mask_grid(tmp_path / "b.png", images, _masks(3, 3, 8, 8), lams, **kw))
+    h2, w2 = _png_shape(viz.save_mask_grid(tmp_path / "c.png", images[:4], _masks(4, 2, 8, 8), lams + [0.7], **kw))
+    assert (h1, w1) == (h0 + 2 * 30, w0)  # one more pair = two more rows (mix + mask)
+    assert (h2, w2) == (h0, w0 + 30)      # one more lam = one more column
+    titled = viz.save_mask_grid(tmp_path / "m" / "t.png", images[:4], _masks(3, 2, 8, 8)[:, :, 0], lams,
+                                title="automix: learned masks, epoch 1", **kw)
+    assert _png_shape(titled)[0] > h0
+
+
+@pytest.mark.parametrize("images, masks, lams, match", [
+    (torch.rand(3, 3, 8, 8), _masks(2, 2, 8, 8), [0.2, 0.8], "2 \\* P"),
+    (torch.rand(4, 3, 8, 8), _masks(2, 2, 8, 8), [0.5], "one value per mask"),
+    (torch.rand(4, 3, 8, 8), torch.rand(2, 2, 3, 8, 8), [0.2, 0.8], "one channel"),
+    (torch.rand(4, 3, 8, 8), torch.rand(2, 8, 8), [0.2, 0.8], "masks must be"),
+    (torch.rand(4, 2, 8, 8), _masks(2, 2, 8, 8), [0.2, 0.8], "images must be"),
+])
+def test_save_mask_grid_bad_input(tmp_path, images, masks, lams, match):
+    with pytest.raises(ValueError, match=match):
+        viz.save_mask_grid(tmp_path / "x.png", images, masks, lams)
