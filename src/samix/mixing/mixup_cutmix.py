@@ -59,7 +59,12 @@ class MixupCutmix(Mixer):
         lam = np.asarray(lam, dtype=np.float64)
         applied = lam < 1.0
         use_cut = self.uniform(lam.size).numpy() < self.switch_prob
-        lam_cut = self.sample_lam(b, alpha=self.cutmix_alpha)
+        # Same alpha for both: the drawn lambda serves cutmix too (so a forced lambda is honoured);
+        # a distinct cutmix_alpha needs its own Beta(cutmix_alpha) draw.
+        if self.cutmix_alpha == self.alpha:
+            lam_cut = lam.copy()
+        else:
+            lam_cut = self.sample_lam(b, alpha=self.cutmix_alpha)
         if lam.size == 1:
             if use_cut[0]:
                 self._cutmix.generator = self.generator  # box positions from our generator
