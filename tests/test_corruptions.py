@@ -251,6 +251,19 @@ def test_impulse_noise_flips_the_table_share_to_salt_or_pepper():
     assert 0.4 < salt < 0.6
 
 
+def test_pixel_parameters_scale_up_from_cifar_but_never_down():
+    assert C._scale(torch.zeros(1, 3, 32, 32)) == 1.0
+    assert C._scale(torch.zeros(1, 1, 28, 28)) == 1.0  # smaller images keep CIFAR's pixel values
+    assert C._scale(torch.zeros(1, 3, 64, 96)) == 2.0
+    x28 = smooth_images(4, h=28, w=28)
+    d = [mad(corrupt(x28, "defocus_blur", s), x28) for s in SEVERITIES]
+    assert all(b > a for a, b in zip(d, d[1:])), d
+    x64 = smooth_images(2, h=64, w=64)
+    small = F.avg_pool2d(corrupt(x64, "motion_blur", 5, generator=gen()), 2)  # blur scales with the image
+    ref = corrupt(F.avg_pool2d(x64, 2), "motion_blur", 5, generator=gen())
+    assert mad(small, ref) < 0.5 * mad(F.avg_pool2d(x64, 2), ref)
+
+
 def test_defocus_kernel_is_a_normalised_symmetric_disk():
     for radius, alias in CORRUPTION_PARAMS["defocus_blur"]:
         k = C._disk_kernel(float(radius), float(alias))

@@ -23,11 +23,13 @@ Conventions
   moved to the images' device, so a CPU generator gives the same corruption on any device (pass a
   generator on the images' device for speed). The random streams are not NumPy's, so single images
   are not bit-identical to the released ``.npy`` files; the distributions are the benchmark's.
-* Spatial parameters are the benchmark's at 32x32 and scale with the resolution: with
-  ``s = min(H, W) / 32`` blur radii and sigmas are multiplied by ``s`` (glass blur's pixel
-  displacement becomes ``max(1, round(s * delta))``); zoom factors, pixelation factors, the fog
-  fractal and the elastic parameters are relative to the image size already (the generator writes
-  the elastic ones as fractions of ``IMSIZE = 32``). For 32x32 images ``s = 1``: CIFAR exactly.
+* Spatial parameters in pixels are the benchmark's up to 32x32 and grow with larger images: with
+  ``s = max(1, min(H, W) / 32)`` blur radii and sigmas are multiplied by ``s`` (glass blur's pixel
+  displacement becomes ``round(s * delta)``). They are not shrunk below CIFAR's for smaller images
+  (28x28 MNIST-like data): a disk of radius ``0.875`` is a single pixel, which would make defocus
+  severity 4 weaker than severity 3. Zoom factors, pixelation factors, the fog fractal and the
+  elastic parameters are relative to the image size at every size (the generator writes the
+  elastic ones as fractions of ``IMSIZE = 32``). For 32x32 images: CIFAR exactly.
 
 Deviations from the generator, chosen and documented:
 * ``frost`` blends the image with photos of frost in the benchmark; those assets are not shipped,
@@ -252,7 +254,8 @@ def _uniform(shape, low: float, high: float, generator, like: Tensor) -> Tensor:
 
 
 def _scale(x: Tensor) -> float:
-    return min(x.shape[-2], x.shape[-1]) / 32.0
+    """Resolution factor for pixel-valued parameters: ``max(1, min(H, W) / 32)`` (module doc)."""
+    return max(1.0, min(x.shape[-2], x.shape[-1]) / 32.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,7 +513,7 @@ def _glass_blur(x: Tensor, p, generator) -> Tensor:
     sigma, delta, iterations = p
     s = _scale(x)
     sigma = sigma * s
-    delta = max(1, round(delta * s))
+    delta = round(delta * s)
     y = _quantize_floor(_gaussian_blur(x, sigma))
     for _ in range(iterations):
         y = _local_shuffle(y, delta, generator)
