@@ -414,3 +414,36 @@ def test_manifoldmix_errors():
         make_mm(stages=(1,)).forward(torch.nn.Conv2d(1, 1, 1), x, y)
     with pytest.raises(ValueError, match="labels"):
         make_mm().forward(small_model("convnet"), x, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name", ["convnet", "vit_small"])
+def test_float64_kept_through_features_and_manifoldmix(name):
+    model = copy.deepcopy(small_model(name, in_chans=1)).double()
+    x, y = torch.randn(2, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 1])
+    with torch.no_grad():
+        h = model.features(x, 2)
+        assert h.dtype == torch.float64
+        torch.testing.assert_close(model.forward_from(h, 2), model(x))
+        logits, targets, res = make_mm(0).forward(model, x, y, stage=2)
+    assert logits.dtype == res.images.dtype == torch.float64 and targets.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "wrn28_8", "timm_resnet18", "vit_small",
+                                  "swin_tiny"])
+def test_cuda_channels_last_bf16(name):
+    model = build_model(name, num_classes=NUM_CLASSES, **small_kwargs(name)).cuda().eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 3], device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = model(x)
+        for stage in range(5):
+            h = model.features(x, stage)
+            assert h.device.type == "cuda" and (h.shape[1] == 1 or h.is_contiguous(memory_format=torch.channels_last))
+            torch.testing.assert_close(model.forward_from(h, stage).float(), ref.float(), rtol=2e-2, atol=2e-2)
+        mm = build_mixer("manifoldmix", num_classes=NUM_CLASSES, generator=torch.Generator("cuda").manual_seed(0))
+        logits, targets, res = mm.forward(model, x, y, stage=2)
+    assert logits.device.type == targets.device.type == res.index.device.type == "cuda"
+    assert res.images.is_contiguous(memory_format=torch.channels_last)
