@@ -275,6 +275,7 @@ def _ddp_worker(rank, world, init_file, n, result_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes import torch: ~3 s idle, more on a busy machine
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_ddp_two_processes_return_the_global_numbers(tmp_path):
     import torch.multiprocessing as mp
