@@ -5,7 +5,11 @@ For each image size (``--sizes``) and device (CPU, plus CUDA when available) one
 float32 batch ``[B, 3, S, S]`` is mixed over and over by every candidate:
 
 * ``floor``: ``torch.lerp(x, x[perm], w)`` -- one gather and one blend, the
-  memory-bound floor of any pairwise mixing that allocates its output;
+  memory-bound floor of any pairwise mixing that allocates its output (all ratios
+  are to this row);
+* ``ref``: ``x.index_select(0, perm).lerp_(x, w)``, the same result with a
+  sample-wise gather and a single allocation, for information (what
+  ``samix.mixing.base.gather_batch`` + an in-place blend can reach);
 * ``samix <policy>``: ``mixer.mix(x)`` (images only), ``mode="batch"``, ``alpha=1``,
   for every name in ``samix.mixing.list_mixers()`` with ``needs_model == False``;
 * ``samix mixup (x, y)``, ``samix cutmix (x, y)``: ``mixer(x, y)``, images AND soft
@@ -73,7 +77,10 @@ def build_candidates(size: int, batch: int, device: torch.device, policies: list
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     perm = torch.randperm(batch, device=device)
-    cands = [Candidate("floor: lerp(x, x[perm], w)", lambda: torch.lerp(x, x[perm], 0.3), "floor")]
+    cands = [Candidate("floor: lerp(x, x[perm], w)", lambda: torch.lerp(x, x[perm], 0.3), "floor"),
+             # for information: the same blend with a sample-wise gather and one allocation
+             Candidate("ref: x.index_select(0, perm).lerp_(x, w)",
+                       lambda: x.index_select(0, perm).lerp_(x, 0.7), "ref")]
     for name in policies:
         m = build_mixer(name, alpha=1.0, mode="batch", num_classes=NUM_CLASSES)
         cands.append(Candidate(f"samix {name}", (lambda m=m: m.mix(x)), "policy", name))

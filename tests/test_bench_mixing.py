@@ -33,7 +33,7 @@ def test_benchmark_rows_cover_every_policy_and_ratios_are_consistent(bench, tmp_
     rows = data["rows"]
     policies = bench.image_policies()
     assert {r["policy"] for r in rows if r["kind"] == "policy"} == set(policies)
-    assert sum(r["kind"] == "floor" for r in rows) == 1
+    assert sum(r["kind"] == "floor" for r in rows) == 1 and sum(r["kind"] == "ref" for r in rows) == 1
     kinds = {(r["kind"], r["policy"]) for r in rows}
     for comp in ("samix_xy", "timm", "tv"):
         assert {(comp, "mixup"), (comp, "cutmix")} <= kinds
