@@ -122,6 +122,16 @@ def test_wrn_layout():
     torch.testing.assert_close(h4, torch.relu(model.stages[3][0](h3)))
 
 
+def test_zero_init_residual_makes_blocks_identities():
+    for name in ("resnet18", "resnet50"):
+        model = build_model(name, num_classes=3, width=0.125, zero_init_residual=True).eval()
+        block = model.stages[0][1]  # identity shortcut
+        h = model.features(torch.randn(2, 3, 8, 8), 1)  # post-ReLU, so relu(h + 0) == h
+        torch.testing.assert_close(block(h), h)
+        plain = build_model(name, num_classes=3, width=0.125).eval()
+        assert not torch.allclose(plain.stages[0][1](h), h)
+
+
 def test_in_chans_and_num_classes_zero():
     model = build_model("preact_resnet18", num_classes=0, in_chans=1, width=0.25).eval()
     feats = model(torch.randn(3, 1, 28, 28))  # the CPU recipe: 1 channel, 28x28
@@ -190,6 +200,18 @@ def test_timm_namespace_and_views():
     groups = [stem_ids, *stage_ids, head_ids]
     assert sum(len(g) for g in groups) == len({id(p) for p in a.parameters()})
     assert set().union(*groups) == {id(p) for p in a.parameters()}
+    # ViT: stem (patch embed, cls token, pos embed) + 4 block groups + final norm + head = everything
+    vit = small_model("vit_small")
+    parts = [vit.stem, *vit.stages, vit.net.norm, vit.net.fc_norm, vit.net.head]
+    ids = [{id(p) for p in m.parameters()} for m in parts]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == len(list(vit.parameters()))
+    assert id(vit.net.cls_token) in ids[0] and id(vit.net.pos_embed) in ids[0]
+    with torch.no_grad():
+        x = torch.randn(1, 1, 32, 32)
+        tokens = vit.stem(x)
+        for stage in vit.stages:
+            tokens = stage(tokens)
+        torch.testing.assert_close(vit.forward_head_tokens(tokens), vit(x))
 
 
 @pytest.mark.parametrize("name, indices", [("vit_small", [2, 5, 8, 11]), ("swin_tiny", [0, 1, 2, 3])])
