@@ -57,8 +57,8 @@ class ConvNet(ClassifierMixin, Backbone):
         c = scaled(32, width)
         chans = (c, 2 * c, 4 * c, 8 * c)
         self.stem = _unit(in_chans, c, norm, pool=False)
-        self.stages = stage_list(_unit(c, chans[0], norm, pool=True), _unit(chans[0], chans[1], norm, pool=True),
-                                 _unit(chans[1], chans[2], norm, pool=True), _unit(chans[2], chans[3], norm, pool=False))
+        ins = (c,) + chans[:3]
+        self.stages = stage_list(*[_unit(i, o, norm, pool=k < 3) for k, (i, o) in enumerate(zip(ins, chans))])
         self.stage_channels = chans
         self.head = PoolLinearHead(chans[3], num_classes, drop_rate)
         init_conv_bn(self)
