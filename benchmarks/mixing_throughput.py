@@ -67,7 +67,8 @@ class Candidate:
 def image_policies() -> list[str]:
     from samix.mixing import get_mixer_class, list_mixers
 
-    return [n for n in list_mixers() if not get_mixer_class(n).needs_model]
+    return [n for n in list_mixers()
+            if not (get_mixer_class(n).needs_model or get_mixer_class(n).needs_pretrained)]
 
 
 def build_candidates(size: int, batch: int, device: torch.device, policies: list[str],

@@ -10,7 +10,8 @@ import torch
 
 from samix.mixing import build_mixer, get_mixer_class, list_mixers
 
-IMAGE_POLICIES = [n for n in list_mixers() if not get_mixer_class(n).needs_model]
+IMAGE_POLICIES = [n for n in list_mixers()
+                  if not (get_mixer_class(n).needs_model or get_mixer_class(n).needs_pretrained)]
 
 
 def good_images(b=4):

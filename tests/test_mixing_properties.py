@@ -23,7 +23,8 @@ from samix.mixing.gridmix import grid_cell_mask
 from samix.mixing.resizemix import resize_into_boxes
 from samix.mixing.saliencymix import saliency_peaks
 
-IMAGE_POLICIES = [n for n in list_mixers() if not get_mixer_class(n).needs_model]
+IMAGE_POLICIES = [n for n in list_mixers()
+                  if not (get_mixer_class(n).needs_model or get_mixer_class(n).needs_pretrained)]
 PAIRS = [(n, m) for n in IMAGE_POLICIES for m in MODES]
 FEW = settings(max_examples=12, deadline=None)
 

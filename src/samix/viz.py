@@ -168,10 +168,12 @@ class MixCells:
 
 
 def default_policies() -> list[str]:
-    """Every registered policy that needs no model (``needs_model == False``), sorted."""
+    """Every registered policy that needs no model and no file (``needs_model`` and
+    ``needs_pretrained`` both False), sorted."""
     from samix.mixing import get_mixer_class, list_mixers
 
-    return [name for name in list_mixers() if not get_mixer_class(name).needs_model]
+    return [name for name in list_mixers()
+            if not (get_mixer_class(name).needs_model or get_mixer_class(name).needs_pretrained)]
 
 
 def _check_lams(lams) -> np.ndarray:

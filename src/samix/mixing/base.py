@@ -97,6 +97,10 @@ class Mixer:
     name: str = "base"
     #: True for policies that read model features (e.g. manifold mixing); False: images only.
     needs_model: bool = False
+    #: True for policies that cannot be built without a file (``pretrained=PATH``, e.g. the
+    #: frozen pre-trained Mixer of ``samix_p``); sweeps over "every policy with default
+    #: arguments" (property tests, the mixing grid, throughput benchmarks) skip them.
+    needs_pretrained: bool = False
     #: True when the partner's pixels are pasted where they are, so that
     #: ``images == mask * x + (1 - mask) * x[index]`` holds everywhere; False for
     #: policies that transform the partner first (e.g. resizemix), where the

@@ -32,6 +32,44 @@ def get_mixer_class(name: str) -> type:
 def build_mixer(name: str, **kwargs):
     """Build the mixer registered as ``name`` with its keyword arguments.
 
-    Raises ``ValueError`` naming the known mixers when ``name`` is unknown.
+    Raises ``ValueError`` naming the known mixers when ``name`` is unknown, and a ``TypeError``
+    naming the option (and the policies that do take it) for an option the policy does not take,
+    e.g. ``pretrained`` with ``name="mixup"`` (it belongs to ``samix_p``).
     """
-    return get_mixer_class(name)(**kwargs)
+    cls = get_mixer_class(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        hint = _option_hint(name, err)
+        if hint is None:
+            raise
+        raise TypeError(f"{err}; {hint}") from None
+
+
+def _init_options(cls) -> set:
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        names.update(p.name for p in inspect.signature(init).parameters.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    names.discard("self")
+    return names
+
+
+def _option_hint(name: str, err: TypeError):
+    """For "unexpected keyword argument 'x'": which registered policies take option ``x``."""
+    import re
+
+    m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+    if m is None:
+        return None
+    option = m.group(1)
+    owners = [n for n, c in sorted(_MIXERS.items()) if n != name and option in _init_options(c)]
+    if not owners:
+        return f"mixer {name!r} takes {sorted(_init_options(_MIXERS[name]))}"
+    return (f"option {option!r} belongs to mixer(s) {owners}, not to {name!r} "
+            f"(config: mixer.name={owners[0]})")
