@@ -1,30 +1,51 @@
 """AutoMix (automix.txt Sec. 4): a Mix Block trained end to end through a Momentum Pipeline.
 
-One step (B images ``x``, labels ``y``)::
+One step (B images ``x``, labels ``y``; ``f_q`` the student, ``f_k`` the EMA teacher, ``M`` the Mix Block)::
 
-    z      = teacher.features(x, l)                       # EMA teacher, no grad
-    lam_s, index_s ~ Beta(a, a), randperm                  # the student's pair
-    lam_g, index_g ~ Beta(a, a), randperm                  # the Mix Block's own pair
-    s_s, s_g = MixBlock(z, lam, index)                     # one generator call for both (batched)
-    # classification: the student learns on its mixed sample; the mask is detached
-    L_cls = MCE(student(s_s.detach()*x + (1-s_s.detach())*x[index_s]), y, lam_s, index_s)
-            [+ CE(student(x), y)                           # clean CE, switchable]
-    # generation: only the Mix Block learns, through the frozen teacher
-    L_gen = MCE(teacher(s_g*x + (1-s_g)*x[index_g]), y, lam_g, index_g) + w(t) * mask_loss(s_g, lam_g)
-    loss  = L_cls + L_gen ; after the optimizer step: teacher <- m*teacher + (1-m)*student
+    z            = f_k.features(x, l)                    # teacher, no grad (stop-gradient)
+    lam_q, idx_q ~ Beta(a, a), randperm                   # the student's pair
+    lam_k, idx_k ~ Beta(a, a), randperm                   # the Mix Block's own pair (independent draw)
+    s_q, s_k     = M(z, [lam_q, lam_k], [idx_q, idx_k])   # ONE batched generator call for both
+    # classification (Eq. 10): the student learns on its mixed sample; the mask is detached
+    x_q    = s_q.detach() * x + (1 - s_q.detach()) * x[idx_q]     (plain mixup if lam_q < 0.08 or > 0.92)
+    L_cls  = MCE(f_q(x_q), y, lam_q, idx_q)  [+ CE(f_q(x), y)   # clean CE, Eq. 8, switchable]
+    # generation (Eq. 11): only M learns, through the frozen teacher
+    x_k    = s_k * x + (1 - s_k) * x[idx_k]
+    L_gen  = MCE(f_k(x_k), y, lam_k, idx_k) + w(t) * max(|lam_k - mean(s_k)| - eps, 0)   # Eq. 6
+    loss   = L_cls + L_gen           # one backward: f_q gets L_cls, M gets L_gen (stop-gradients)
+    # after the optimizer step (Eq. 12):  theta_k <- m(t) theta_k + (1 - m(t)) theta_q
 
-Facts of the published recipe (DESIGN.md) kept as defaults: stage l = 3, alpha = 2, mask loss L1 with
-margin 0.1 and weight 0.1 -> 0 linearly, momentum 0.999 held for the first 10 % of the iterations then a
-cosine curve to ``momentum_end``; when the student's lambda is within 0.08 of 0 or 1 its sample falls back
-to plain mixup (``mixup_fallback``).
+Mask convention (:mod:`samix.mixing`): ``s`` weights the ORIGINAL sample, ``lam`` is its share
+(``lam ~ mean(s)``); AutoMix's Eq. 7 writes the roles the other way round, with the same meaning.
 
-Choices documented here:
-- The teacher's BN layers use batch statistics in its forward passes (train mode, as the reference
-  runs it); its running statistics are copied from the student after each step, while its parameters
-  follow the EMA formula exactly.
-- ``momentum_pipeline=false`` (Table 6 ablation) makes the student its own teacher: features and the
-  generation loss go through the online network, whose parameters then also receive the generation
-  gradient (end-to-end joint training, the setting the paper compares against).
+Defaults are the published recipe (DESIGN.md, "Facts from the reference implementation"): stage
+``l = 3``, ``alpha = 2``, mask loss L1 with margin ``eps = 0.1`` and weight ``w`` from 0.1 linearly
+to 0, momentum 0.999 held for the first 10 % of the iterations then a cosine curve to
+``momentum_end`` (0.999999 in the CIFAR/Tiny recipes), plain-mixup fallback for the student when
+``lam_q`` lies within 0.08 of 0 or 1, one lambda per batch (as the reference).
+
+Momentum schedule (:meth:`AutoMix.current_momentum`), ``p`` = fraction of training done,
+``w`` = ``momentum_warmup``::
+
+    m(p) = momentum                                                   p <= w
+    m(p) = end - (end - momentum) * (cos(pi * (p - w) / (1 - w)) + 1) / 2     p > w
+
+non-decreasing from ``momentum`` to ``momentum_end``.
+
+Documented choices:
+
+- The teacher runs in train mode, as the reference does: its BatchNorm layers normalise with batch
+  statistics and keep *their own* running statistics (updated by the teacher's forward passes);
+  only its parameters follow the EMA formula. They are used in eval mode only (the mask figure).
+- The clean term is the engine's loss (``loss.name``, with its label smoothing) on unmixed samples,
+  i.e. the plain CE of Eq. 8 for ``loss.name=ce``.
+- ``momentum_pipeline=false`` (Table 6 ablation, rows without "+MP") makes the student its own
+  teacher: features and the generation loss go through the online network, whose parameters then
+  also receive the generation gradient (joint end-to-end training, what the paper compares against).
+- ``mask_loss="l2"`` is the squared hinge ``max(|lam - mu| - eps, 0)^2``
+  (:func:`samix.generators.mask_l2_loss`).
+- The Mix Block may have its own lr / min_lr / weight decay (``mix_block_lr`` ...): a separate
+  optimizer parameter group that the engine schedules with its own ``min_lr``.
 
 SAMix (:mod:`samix.algorithms.samix`) subclasses this class and changes only the generator and the
 generation loss.
@@ -35,50 +56,103 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samix.mixing.base import gather_batch, mask_mix
+
 from .base import Algorithm, register_algorithm
+
+MASK_LOSSES = ("none", "l1", "l2")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+                  high_open: bool = False) -> float:
+    ok = _is_number(value)
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"algorithm option {name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"algorithm option {name} must be true or false, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"algorithm option {name} must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 @register_algorithm("automix")
 class AutoMix(Algorithm):
+    """AutoMix: Mix Block + Momentum Pipeline (see the module docstring for the step and the formulas).
+
+    Options (``algorithm.<name>`` in a config; every one is checked, an unknown one names the allowed):
+        alpha: ``lam ~ Beta(alpha, alpha)`` for both pairs (2).
+        stage: feature stage ``l`` in 1..4 read by the Mix Block (3).
+        momentum, momentum_end, momentum_warmup: the EMA schedule (0.999 -> 1.0, held for 10 %).
+        momentum_pipeline: EMA teacher on (True) or the student as its own teacher (ablation).
+        clean_ce: add the clean-sample loss to the student's (True).
+        mask_loss: ``"none" | "l1" | "l2"``; mask_margin ``eps`` (0.1); mask_loss_weight
+            (0.1) -> mask_loss_weight_end (0.0) linearly over training.
+        mixup_fallback: the student's sample is plain mixup when ``lam < f`` or ``lam > 1 - f`` (0.08).
+        upsample: ``"nearest"`` (AutoMix) or ``"bilinear"``.
+        mix_block_lr, mix_block_min_lr, mix_block_weight_decay: the Mix Block's own optimizer
+            settings (``None``: the engine's).
+        mix_block_kwargs: extra keyword arguments of the generator class (e.g. ``attn_norm``).
+    """
+
     DEFAULTS: Dict[str, Any] = {
-        "alpha": 2.0,  # lambda ~ Beta(alpha, alpha)
-        "stage": 3,  # feature stage l read by the Mix Block
-        "momentum": 0.999,  # EMA momentum at the start
-        "momentum_end": 1.0,  # ... cosine curve towards this value (0.999999 on CIFAR)
-        "momentum_warmup": 0.1,  # fraction of iterations the momentum is held at `momentum`
-        "momentum_pipeline": True,  # False: no EMA teacher (ablation)
-        "clean_ce": True,  # add the clean-sample CE to the student's loss
-        "mask_loss": "l1",  # none | l1 | l2
-        "mask_loss_weight": 0.1,  # linearly decayed to mask_loss_weight_end over training
+        "alpha": 2.0,
+        "stage": 3,
+        "momentum": 0.999,
+        "momentum_end": 1.0,
+        "momentum_warmup": 0.1,
+        "momentum_pipeline": True,
+        "clean_ce": True,
+        "mask_loss": "l1",
+        "mask_loss_weight": 0.1,
         "mask_loss_weight_end": 0.0,
         "mask_margin": 0.1,
-        "mixup_fallback": 0.08,  # |lam - 0|, |lam - 1| below this: plain mixup for the student
+        "mixup_fallback": 0.08,
         "upsample": "nearest",
-        "mix_block_lr": None,  # None: the engine's lr
+        "mix_block_lr": None,
         "mix_block_min_lr": None,
         "mix_block_weight_decay": None,
-        "mix_block_kwargs": {},  # extra keyword arguments of the generator class
+        "mix_block_kwargs": {},
     }
 
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, **kwargs) -> None:
         super().__init__(model, num_classes, mixer, **kwargs)
+        if mixer is not None:
+            raise ValueError(f"algorithm {self.algorithm_name!r} generates its own mixed samples; "
+                             f"set mixer.name=none (got a {type(mixer).__name__} mixer)")
+        self._check_options()
         o = self.options
-        if o["mask_loss"] not in ("none", "l1", "l2"):
-            raise ValueError(f"algorithm option mask_loss must be one of ['none', 'l1', 'l2'], got {o['mask_loss']!r}")
+        channels = tuple(getattr(model, "stage_channels", ()) or ())
+        if not hasattr(model, "features") or not channels:
+            raise TypeError(f"model must be a samix Backbone with features(x, stage) and stage_channels, "
+                            f"got {type(model).__name__}")
         stage = o["stage"]
-        if not isinstance(stage, int) or not 1 <= stage <= 4:
-            raise ValueError(f"algorithm option stage must be an int in [1, 4], got {stage!r}")
-        if not float(o["alpha"]) > 0:
-            raise ValueError(f"algorithm option alpha must be > 0, got {o['alpha']!r}")
-        channels = int(model.stage_channels[stage - 1])
-        self.mix_block = self.build_generator(channels)
+        if stage > len(channels):
+            raise ValueError(f"algorithm option stage must be in [1, {len(channels)}] for this model, got {stage}")
+        self.mix_block = self.build_generator(int(channels[stage - 1]))
         if o["momentum_pipeline"]:
             self.teacher = copy.deepcopy(model)
             self.teacher.requires_grad_(False)
@@ -86,28 +160,79 @@ class AutoMix(Algorithm):
             self.teacher = None
         self.momentum = float(o["momentum"])
 
+    def _check_options(self) -> None:
+        o = self.options
+        _check_number("alpha", o["alpha"], 0.0, low_open=True)
+        stage = o["stage"]
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= 4:
+            raise ValueError(f"algorithm option stage must be an int in [1, 4], got {stage!r}")
+        m0 = _check_number("momentum", o["momentum"], 0.0, 1.0)
+        _check_number("momentum_end", o["momentum_end"], m0, 1.0)
+        _check_number("momentum_warmup", o["momentum_warmup"], 0.0, 1.0, high_open=True)
+        for name in ("momentum_pipeline", "clean_ce"):
+            _check_bool(name, o[name])
+        _check_choice("mask_loss", o["mask_loss"], MASK_LOSSES)
+        _check_number("mask_loss_weight", o["mask_loss_weight"], 0.0)
+        _check_number("mask_loss_weight_end", o["mask_loss_weight_end"], 0.0)
+        _check_number("mask_margin", o["mask_margin"], 0.0, 1.0)
+        _check_number("mixup_fallback", o["mixup_fallback"], 0.0, 0.5, high_open=True)
+        _check_choice("upsample", o["upsample"], UPSAMPLE_MODES)
+        for name in ("mix_block_lr", "mix_block_min_lr", "mix_block_weight_decay"):
+            if o[name] is not None:
+                _check_number(name, o[name], 0.0, low_open=name == "mix_block_lr")
+        if not isinstance(o["mix_block_kwargs"], dict):
+            raise TypeError(f"algorithm option mix_block_kwargs must be a mapping, got {o['mix_block_kwargs']!r}")
+
     # ------------------------------------------------------------------ hooks for subclasses
     def build_generator(self, channels: int) -> nn.Module:
+        """The mask generator reading ``channels``-channel features (AutoMix: :class:`MixBlock`)."""
         from samix.generators import MixBlock
 
-        return MixBlock(channels, upsample=self.options["upsample"], **dict(self.options["mix_block_kwargs"]))
+        kwargs = dict(self.options["mix_block_kwargs"])
+        clash = sorted(set(kwargs) & {"in_channels", "upsample"})
+        if clash:
+            raise ValueError(f"algorithm option mix_block_kwargs must not set {clash}: use the algorithm options")
+        return MixBlock(channels, upsample=self.options["upsample"], **kwargs)
 
-    def generation_loss(self, logits: Tensor, labels: Tensor, out) -> Dict[str, Tensor]:
-        """The Mix Block's objective on its own mixed sample (teacher logits)."""
-        from samix.generators.mask_losses import linear_weight, mask_l1_loss, mask_l2_loss
+    def generate(self, z: Tensor, lam: Tensor, index: Tensor, out_size) -> Any:
+        """Call the generator (SAMix passes the run's ``torch.Generator`` for its lambda-adjust draws)."""
+        return self.mix_block(z, lam, index, out_size=out_size)
+
+    def mask_loss_weight(self) -> float:
+        """``w(t)``: ``mask_loss_weight`` linearly to ``mask_loss_weight_end`` over training."""
+        from samix.generators import linear_weight
 
         o = self.options
-        terms = {"loss_gen_cls": self.loss_fn(logits, labels, out.lam, out.index)}
-        if o["mask_loss"] != "none":
-            w = linear_weight(self.progress, float(o["mask_loss_weight"]), float(o["mask_loss_weight_end"]))
-            fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
-            terms["loss_mask"] = w * fn(out.mask_raw, out.lam, margin=float(o["mask_margin"]))
+        return linear_weight(self.progress, float(o["mask_loss_weight"]), float(o["mask_loss_weight_end"]))
+
+    def mask_terms(self, mask_raw: Tensor, lam: Tensor) -> Optional[Tensor]:
+        """The unweighted mask loss on the generator's raw mask, or ``None`` (``mask_loss="none"``)."""
+        from samix.generators import mask_l1_loss, mask_l2_loss
+
+        o = self.options
+        if o["mask_loss"] == "none":
+            return None
+        fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
+        return fn(mask_raw, lam, margin=float(o["mask_margin"]))
+
+    def generation_cls_loss(self, logits: Tensor, labels: Tensor, lam: Tensor, index: Tensor) -> Tensor:
+        """The generator's classification objective on the teacher's logits (AutoMix: the engine's
+        mixed loss, MCE for ``loss.name=ce``)."""
+        return self.loss_fn(logits, labels, lam, index)
+
+    def generation_loss(self, logits: Tensor, labels: Tensor, out) -> Dict[str, Tensor]:
+        """``{"loss_gen_cls": ..., "loss_mask": w(t) * mask loss}`` for the generator's own sample
+        (``out``: ``lam``, ``index``, ``mask_raw`` of that half of the batched call)."""
+        terms = {"loss_gen_cls": self.generation_cls_loss(logits, labels, out.lam, out.index)}
+        m = self.mask_terms(out.mask_raw, out.lam)
+        if m is not None:
+            terms["loss_mask"] = self.mask_loss_weight() * m
         return terms
 
     # ------------------------------------------------------------------ draws
-    def _draw(self, b: int, device) -> tuple[float, Tensor, Tensor]:
+    def _draw(self, b: int, device) -> tuple:
         """One lambda per batch (as the reference) and a random pairing, drawn on the CPU from the
-        run's generator (no host-device synchronisation)."""
+        run's generator (reproducible, resumable, no host-device synchronisation)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
         a = float(self.options["alpha"])
         lam = float(np.random.default_rng(seed).beta(a, a))
@@ -125,49 +250,48 @@ class AutoMix(Algorithm):
         teacher = self._teacher()
         with torch.no_grad():
             z = teacher.features(images, int(o["stage"]))
-        lam_val, lam_s, index_s = self._draw(b, dev)
-        _, lam_g, index_g = self._draw(b, dev)
-        # Both masks in one generator call: the second half pairs sample i with B + index_g[i].
-        gen = self.mix_block(torch.cat([z, z]), torch.cat([lam_s, lam_g]),
-                             torch.cat([index_s, index_g + b]), out_size=images.shape[-2:])
+        lam_q, lam_s, index_s = self._draw(b, dev)   # the student's
+        _, lam_g, index_g = self._draw(b, dev)       # the generator's own
+        # Both masks in one generator call: the second half pairs sample i with B + index_g[i],
+        # i.e. with the second copy of the same features; each half carries its own lambda.
+        gen = self.generate(torch.cat([z, z]), torch.cat([lam_s, lam_g]), torch.cat([index_s, index_g + b]),
+                            images.shape[-2:])
         mask_s, mask_g = gen.mask[:b], gen.mask[b:]
-        out_g = _Slice(gen, b, index_g, lam_g)
+        out_g = _Half(gen, slice(b, None), lam_g, index_g)
 
-        # ---- classification (student): detached mask
+        # ---- classification (student): the mask is detached (no gradient into the generator)
         fb = float(o["mixup_fallback"])
-        if lam_val < fb or lam_val > 1 - fb:
-            x_s = torch.lerp(images[index_s], images, lam_val)
+        if lam_q < fb or lam_q > 1 - fb:
+            x_s = gather_batch(images, index_s).lerp_(images, lam_q)
         else:
-            m = mask_s.detach().to(images.dtype)
-            x_s = torch.lerp(images[index_s], images, m)
-        logits_s = self.model(x_s)
-        out: Dict[str, Tensor] = {"loss_cls": self.loss_fn(logits_s, labels, lam_s, index_s)}
+            x_s = mask_mix(images, index_s, mask_s.detach())
+        out: Dict[str, Tensor] = {"loss_cls": self.loss_fn(self.model(x_s), labels, lam_s, index_s)}
         if o["clean_ce"]:
-            logits_c = self.model(images)
-            out["loss_clean"] = F.cross_entropy(logits_c.float(), labels)
+            out["loss_clean"] = self.loss_fn(self.model(images), labels)
 
-        # ---- generation (Mix Block) through the frozen teacher
-        x_g = torch.lerp(images[index_g], images, mask_g.to(images.dtype))
-        logits_g = teacher(x_g)
-        out.update(self.generation_loss(logits_g, labels, out_g))
+        # ---- generation: the generator learns through the frozen teacher on its own sample
+        x_g = mask_mix(images, index_g, mask_g)
+        out.update(self.generation_loss(teacher(x_g), labels, out_g))
 
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
         with torch.no_grad():
-            out["mask_mean_err"] = (mask_g.float().mean((1, 2, 3)) - lam_g).abs().mean()
+            out["mask_mean_err"] = (gen.mask_raw[b:].float().mean((1, 2, 3)) - lam_g).abs().mean()
         return out
 
     # ------------------------------------------------------------------ momentum
     def current_momentum(self) -> float:
+        """EMA momentum ``m(p)`` at the current progress ``p`` (formula in the module docstring)."""
         o = self.options
         base, end, warm = float(o["momentum"]), float(o["momentum_end"]), float(o["momentum_warmup"])
         p = self.progress
         if p <= warm:
             return base
-        t = (p - warm) / max(1.0 - warm, 1e-12)
+        t = (p - warm) / (1.0 - warm)
         return end - (end - base) * (math.cos(math.pi * t) + 1) / 2
 
     @torch.no_grad()
     def on_train_step_end(self) -> None:
+        """``theta_k <- m theta_k + (1 - m) theta_q`` over the parameters (fused ``_foreach`` ops)."""
         if self.teacher is None:
             return
         m = self.current_momentum()
@@ -176,13 +300,12 @@ class AutoMix(Algorithm):
         s_params = [p.detach() for p in self.model.parameters()]
         torch._foreach_mul_(t_params, m)
         torch._foreach_add_(t_params, s_params, alpha=1 - m)
-        for tb, sb in zip(self.teacher.buffers(), self.model.buffers()):
-            tb.copy_(sb)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> List[Dict[str, Any]]:
         o = self.options
-        gen_group: Dict[str, Any] = {"params": list(self.mix_block.parameters()), "name": "mix_block"}
+        gen_group: Dict[str, Any] = {"params": [p for p in self.mix_block.parameters() if p.requires_grad],
+                                     "name": "mix_block"}
         if o["mix_block_lr"] is not None:
             gen_group["lr"] = float(o["mix_block_lr"])
         if o["mix_block_min_lr"] is not None:
@@ -199,8 +322,20 @@ class AutoMix(Algorithm):
 
     # ------------------------------------------------------------------ looking
     @torch.no_grad()
-    def masks_for(self, images: Tensor, lams: List[float]) -> Tensor:
-        """Masks ``[len(lams), P, 1, H, W]`` for the fixed pairs (0,1), (2,3), ... at each lambda."""
+    def masks_for(self, images: Tensor, lams: Sequence[float]) -> Tensor:
+        """Raw generator masks ``[L, P, 1, H, W]`` (float32) for the fixed pairs ``(images[2p], images[2p+1])``,
+        ``p < P = B // 2``, at each ``lam`` in ``lams``: the weight of ``images[2p]``.
+
+        Teacher and generator run in eval mode (BatchNorm running statistics, no Dropout). The mask
+        shown is the generator's own output before lambda adjusting (``mask_raw``), so a figure
+        reveals masks that ignore ``lam`` even when SAMix's adjusting would rescale them.
+        """
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 2:
+            raise ValueError(f"images must be a [B >= 2, C, H, W] tensor, got "
+                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+        lam_list = [float(v) for v in lams]
+        if not lam_list or any(not 0.0 <= v <= 1.0 for v in lam_list):
+            raise ValueError(f"lams must be a non-empty sequence of numbers in [0, 1], got {list(lams)!r}")
         n = images.shape[0] // 2 * 2
         x = images[:n]
         index = torch.arange(n, device=x.device).view(-1, 2).flip(1).reshape(-1)
@@ -210,16 +345,20 @@ class AutoMix(Algorithm):
         self.mix_block.eval()
         try:
             z = teacher.features(x, int(self.options["stage"]))
-            out = []
-            for lam in lams:
-                g = self.mix_block(z, torch.full((n,), float(lam), device=x.device), index, out_size=x.shape[-2:])
-                out.append(g.mask[0::2].float())
+            # all lambdas in one batched call: copy l pairs sample i with l * n + index[i]
+            k = len(lam_list)
+            lam = torch.tensor(lam_list, device=x.device).repeat_interleave(n)
+            idx = (index.unsqueeze(0) + n * torch.arange(k, device=x.device).unsqueeze(1)).reshape(-1)
+            g = self.mix_block(z.repeat(k, 1, 1, 1), lam, idx, out_size=tuple(x.shape[-2:]))
+            masks = g.mask_raw.float().view(k, n, 1, *x.shape[-2:])[:, 0::2]
         finally:
             teacher.train(was[0])
             self.mix_block.train(was[1])
-        return torch.stack(out)
+        return masks
 
     def save_visuals(self, out_dir, epoch: int, images: Tensor, labels: Tensor) -> Optional[str]:
+        """``OUT_DIR/masks/masks_epoch{epoch:04d}.png``: learned masks and mixed samples for lam 0..1
+        on the fixed pairs of ``images`` (automix.txt Fig. 4)."""
         from samix.viz import save_mask_grid
 
         lams = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
@@ -229,12 +368,12 @@ class AutoMix(Algorithm):
                                   title=f"{self.algorithm_name}: learned masks, epoch {epoch}"))
 
 
-class _Slice:
-    """The generator-output fields the generation loss reads, for the second half of a batched call."""
+class _Half:
+    """The generator-output fields the generation loss reads, for one half of the batched call."""
 
-    def __init__(self, gen, b: int, index: Tensor, lam: Tensor):
-        self.mask = gen.mask[b:]
-        self.mask_raw = gen.mask_raw[b:]
-        self.mask_small = gen.mask_small[b:]
+    def __init__(self, gen, part: slice, lam: Tensor, index: Tensor):
+        self.mask = gen.mask[part]
+        self.mask_raw = gen.mask_raw[part]
+        self.mask_small = gen.mask_small[part]
         self.lam = lam
         self.index = index
