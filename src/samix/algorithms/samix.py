@@ -1,16 +1,33 @@
 """SAMix for supervised learning (samix.txt Sec. 3, A.2-A.3): AutoMix's momentum pipeline with the Mixer
 (Mix Block+) and the eta-balanced generation loss.
 
-Differences from :mod:`samix.algorithms.automix` (everything else is inherited):
+Differences from :mod:`samix.algorithms.automix` (everything else is inherited: the two lambdas and
+pairings, the batched generator call, the EMA teacher, the clean loss, the mixup fallback)::
 
-- generator: :class:`samix.generators.Mixer` (adaptive lambda encoding, mixing attention over both
-  samples' features, non-linear content, bilinear upsampling, lambda adjusting with probability
-  ``lam_adjust_prob`` in training; each switchable for the Table 10 ablation);
-- generation loss: ``l_eta = pBCE + eta * CE`` on the teacher's logits of the Mixer's own mixed sample
-  (Eq. 6, 8; eta = 0.5 for small datasets, 0.1 for large ones), ``gen_loss="ce"`` restores AutoMix's;
-- mask loss: ``beta * (l_mu + l_sigma)`` (L1 with margin + the variance term), beta 0.1 -> 0 linearly.
+    generator   Mixer: adaptive lambda encoding z (1 + gamma lam), gamma in [0, 1] from 0; mixing
+                attention over concat(z_i, z_j); non-linear content; bilinear upsampling; lambda
+                adjusting of a sample's mask with probability lam_adjust_prob in training
+    L_gen_cls = l+ + eta * l-  = pBCE(f_k(x_k), y, lam_k, idx_k) + eta * MCE(f_k(x_k), y, lam_k, idx_k)
+                                                                        (Eq. 6, 8; samix.txt A.3)
+    L_mask    = beta(t) * (max(|lam_k - mu_k| - eps, 0) + l_sigma)    beta 0.1 -> 0 linearly   (A.2)
 
-The student keeps the mixed CE of the engine's loss (``loss.name``).
+``eta = 0.5`` for small data sets (CIFAR, Tiny, CUB, Aircraft), ``0.1`` for large ones (ImageNet,
+iNat). The student keeps the engine's mixed loss (``loss.name``). ``gen_loss="ce"`` restores
+AutoMix's generation objective (the "without l_eta" row of Table 10).
+
+Documented choices:
+
+- Lambda adjusting compares each mask with the lambda it was generated for: the student's mask with
+  the student's lambda and the generator's with the generator's (the reference compared the
+  student's mask with the Mix Block's lambda, a pitfall). The draws come from the run's
+  ``torch.Generator`` (reproducible and resumable). The mask losses read the mask *before* adjusting.
+- ``l_sigma`` is :func:`samix.generators.mask_variance_loss`: the printed variance with the sign that
+  rewards non-flat masks (see that function); it is part of the mask loss, so ``mask_loss="none"``
+  drops it too, and ``variance_loss=false`` drops it alone.
+- The engine loss's ``label_smoothing`` also smooths both terms of the eta-balanced loss.
+
+Every module of Table 10 is a switch: ``attention``, ``adaptive_lambda``, ``nonlinear_content``,
+``mask_loss``/``variance_loss``, ``lam_adjust``, ``gen_loss`` (and ``eta``).
 """
 
 from __future__ import annotations
@@ -19,17 +36,24 @@ from typing import Any, Dict
 
 from torch import Tensor, nn
 
-from .automix import AutoMix
+from .automix import AutoMix, _check_bool, _check_choice, _check_number
 from .base import register_algorithm
+
+GEN_LOSSES = ("eta_balanced", "ce")
 
 
 @register_algorithm("samix")
 class SAMix(AutoMix):
+    """SAMix (see the module docstring). Options: those of :class:`AutoMix` (``upsample`` defaults to
+    ``"bilinear"``) plus ``eta`` (0.5), ``gen_loss`` (``"eta_balanced"`` | ``"ce"``),
+    ``variance_loss``, ``attention``, ``adaptive_lambda``, ``nonlinear_content``, ``lam_adjust``
+    (all True) and ``lam_adjust_prob`` (0.25, the 800-epoch CIFAR recipe; 0 in the Tiny recipe)."""
+
     DEFAULTS: Dict[str, Any] = {
         **AutoMix.DEFAULTS,
         "upsample": "bilinear",
         "eta": 0.5,
-        "gen_loss": "eta_balanced",  # eta_balanced | ce (AutoMix's objective, for the ablation)
+        "gen_loss": "eta_balanced",
         "variance_loss": True,
         "attention": True,
         "adaptive_lambda": True,
@@ -38,31 +62,52 @@ class SAMix(AutoMix):
         "lam_adjust_prob": 0.25,
     }
 
+    def _check_options(self) -> None:
+        super()._check_options()
+        o = self.options
+        _check_number("eta", o["eta"], 0.0)
+        _check_choice("gen_loss", o["gen_loss"], GEN_LOSSES)
+        for name in ("variance_loss", "attention", "adaptive_lambda", "nonlinear_content", "lam_adjust"):
+            _check_bool(name, o[name])
+        _check_number("lam_adjust_prob", o["lam_adjust_prob"], 0.0, 1.0)
+
     def build_generator(self, channels: int) -> nn.Module:
         from samix.generators import Mixer
 
         o = self.options
-        if o["gen_loss"] not in ("eta_balanced", "ce"):
-            raise ValueError(f"algorithm option gen_loss must be 'eta_balanced' or 'ce', got {o['gen_loss']!r}")
-        return Mixer(channels, upsample=o["upsample"], attention=bool(o["attention"]),
-                     adaptive_lambda=bool(o["adaptive_lambda"]), nonlinear_content=bool(o["nonlinear_content"]),
-                     lam_adjust=bool(o["lam_adjust"]), lam_adjust_prob=float(o["lam_adjust_prob"]),
-                     **dict(o["mix_block_kwargs"]))
+        kwargs = dict(o["mix_block_kwargs"])
+        clash = sorted(set(kwargs) & {"in_channels", "upsample", "attention", "adaptive_lambda",
+                                      "nonlinear_content", "lam_adjust", "lam_adjust_prob"})
+        if clash:
+            raise ValueError(f"algorithm option mix_block_kwargs must not set {clash}: use the algorithm options")
+        return Mixer(channels, upsample=o["upsample"], attention=o["attention"],
+                     adaptive_lambda=o["adaptive_lambda"], nonlinear_content=o["nonlinear_content"],
+                     lam_adjust=o["lam_adjust"], lam_adjust_prob=float(o["lam_adjust_prob"]), **kwargs)
 
-    def generation_loss(self, logits: Tensor, labels: Tensor, out) -> Dict[str, Tensor]:
-        from samix.generators.mask_losses import linear_weight, mask_l1_loss, mask_l2_loss, mask_variance_loss
+    def generate(self, z: Tensor, lam: Tensor, index: Tensor, out_size):
+        return self.mix_block(z, lam, index, out_size=out_size, generator=self.generator)
+
+    def _label_smoothing(self) -> float:
+        return float(getattr(self.loss_fn, "options", {}).get("label_smoothing", 0.0))
+
+    def generation_cls_loss(self, logits: Tensor, labels: Tensor, lam: Tensor, index: Tensor) -> Tensor:
         from samix.losses import eta_balanced_loss
 
-        o = self.options
-        if o["gen_loss"] == "eta_balanced":
-            terms = {"loss_gen_cls": eta_balanced_loss(logits, labels, out.lam, out.index, eta=float(o["eta"]))}
-        else:
-            terms = {"loss_gen_cls": self.loss_fn(logits, labels, out.lam, out.index)}
-        if o["mask_loss"] != "none":
-            w = linear_weight(self.progress, float(o["mask_loss_weight"]), float(o["mask_loss_weight_end"]))
-            fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
-            m = fn(out.mask_raw, out.lam, margin=float(o["mask_margin"]))
-            if o["variance_loss"]:
-                m = m + mask_variance_loss(out.mask_raw)
-            terms["loss_mask"] = w * m
-        return terms
+        if self.options["gen_loss"] == "ce":
+            return super().generation_cls_loss(logits, labels, lam, index)
+        return eta_balanced_loss(logits, labels, lam, index, eta=float(self.options["eta"]),
+                                 label_smoothing=self._label_smoothing())
+
+    def mask_terms(self, mask_raw: Tensor, lam: Tensor):
+        from samix.generators import mask_variance_loss
+
+        m = super().mask_terms(mask_raw, lam)
+        if m is not None and self.options["variance_loss"]:
+            m = m + mask_variance_loss(mask_raw)
+        return m
+
+    def forward(self, images: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        out = super().forward(images, labels)
+        if self.mix_block.gamma_raw is not None:
+            out["gamma"] = self.mix_block.gamma_raw.detach().clamp(0.0, 1.0)
+        return out
