@@ -1,10 +1,11 @@
-"""``samix`` command line: train | eval | show | compare | list | bench.
+"""``samix`` command line: train | eval | show | compare | export-mixer | list | bench.
 
     samix train configs/fashion_mnist/mixup.yaml epochs=80 seed=1
     torchrun --nproc_per_node=4 -m samix.cli train configs/cifar100/mixup_r18.yaml
     samix eval runs/mixup                       # top-1/top-5, ECE + reliability PNG (+ --corruptions)
     samix show [RUN_DIR] [--out grid.png]       # mixed-sample grid (or a run's learned masks)
     samix compare runs/vanilla runs/mixup ...   # table of summary.json files
+    samix export-mixer runs/samix mixer.safetensors   # trained Mixer for SAMix-P (mixer.name=samix_p)
     samix list                                  # mixers, models, datasets, algorithms, losses
 """
 
@@ -46,6 +47,16 @@ def _cmd_show(args) -> int:
 
         path = mixing_grid(args.out or "mixing_grid.png")
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_export_mixer(args) -> int:
+    from samix.generators.pretrained import export_mixer
+
+    meta = export_mixer(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {args.out}: {meta.generator} (stage {meta.stage}, {meta.channels} channels) + "
+          f"{meta.backbone} x{meta.width:g} stem..stage {meta.stage}, trained on {meta.dataset} "
+          f"{meta.input_size[0]}x{meta.input_size[1]}; use it with mixer.name=samix_p mixer.pretrained={args.out}")
     return 0
 
 
@@ -144,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list mixers, models, datasets, algorithms and losses")
     ls.set_defaults(fn=_cmd_list)
+
+    x = sub.add_parser("export-mixer", help="save a samix/automix run's trained Mixer + encoder stages "
+                                             "(.safetensors) for SAMix-P (mixer.name=samix_p)")
+    x.add_argument("run_dir", help="run directory of a finished samix or automix run")
+    x.add_argument("out", help="output .safetensors file")
+    x.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
+    x.set_defaults(fn=_cmd_export_mixer)
 
     b = sub.add_parser("bench", help="run a script of benchmarks/ (e.g. mixing_throughput)")
     b.add_argument("name")
