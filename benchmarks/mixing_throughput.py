@@ -11,7 +11,8 @@ float32 batch ``[B, 3, S, S]`` is mixed over and over by every candidate:
   sample-wise gather and a single allocation, for information (what
   ``samix.mixing.base.gather_batch`` + an in-place blend can reach);
 * ``samix <policy>``: ``mixer.mix(x)`` (images only), ``mode="batch"``, ``alpha=1``,
-  for every name in ``samix.mixing.list_mixers()`` with ``needs_model == False``;
+  for every name in ``samix.mixing.list_mixers()`` with ``needs_model`` and
+  ``needs_pretrained`` False (``samix_p`` needs a pre-trained file: left out);
 * ``samix mixup (x, y)``, ``samix cutmix (x, y)``: ``mixer(x, y)``, images AND soft
   targets, because that is what the competitors time:
 * ``timm mixup``/``timm cutmix``: ``timm.data.Mixup`` (mixup only / cutmix only,
@@ -65,10 +66,10 @@ class Candidate:
 
 
 def image_policies() -> list[str]:
-    from samix.mixing import get_mixer_class, list_mixers
+    """The policies of ``samix show`` (no model, no pre-trained file): ``samix.viz.default_policies``."""
+    from samix.viz import default_policies
 
-    return [n for n in list_mixers()
-            if not (get_mixer_class(n).needs_model or get_mixer_class(n).needs_pretrained)]
+    return default_policies()
 
 
 def build_candidates(size: int, batch: int, device: torch.device, policies: list[str],

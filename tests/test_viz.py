@@ -152,10 +152,15 @@ def test_mixing_cells_bad_input(pair, monkeypatch):
         viz.mixing_cells("mixup", (pair * 255).to(torch.uint8))
 
 
-def test_default_policies_skip_policies_that_need_a_model(monkeypatch):
+class _NeedsFile(Mixer):
+    needs_pretrained = True
+
+
+def test_default_policies_skip_policies_that_need_a_model_or_a_file(monkeypatch):
     monkeypatch.setitem(mixer_registry._MIXERS, "_needs_model", _NeedsModel)
-    assert "_needs_model" in list_mixers()
-    assert "_needs_model" not in viz.default_policies()
+    monkeypatch.setitem(mixer_registry._MIXERS, "_needs_file", _NeedsFile)
+    assert {"_needs_model", "_needs_file"} <= set(list_mixers())
+    assert not {"_needs_model", "_needs_file"} & set(viz.default_policies())
 
 
 # --------------------------------------------------------------------------- the PNG of the grid
