@@ -296,6 +296,13 @@ def test_mixer_call_gives_targets_and_keeps_dtype_and_memory_format(mixer_file):
         torch.testing.assert_close(targets.sum(1), torch.ones(6))
     r = m.mix(x.double())
     assert r.images.dtype == torch.float64 and next(m.frozen.parameters()).dtype == torch.float64
+    # half-precision images: float32 weights (never rounded down), masks back in the images' dtype
+    lam, index = np.array([0.3, 0.6, 0.45, 0.5, 0.7, 0.2]), torch.tensor([1, 2, 3, 4, 5, 0])
+    before = m._mix(x.float(), index, lam).mask
+    half = m._mix(x.bfloat16(), index, lam)
+    assert half.images.dtype == torch.bfloat16 and next(m.frozen.parameters()).dtype == torch.float32
+    torch.testing.assert_close(half.lam, torch.tensor(lam, dtype=torch.float32), rtol=0, atol=1e-2)
+    torch.testing.assert_close(m._mix(x.float(), index, lam).mask, before, rtol=0, atol=0)
     assert repr(m).startswith(f"SAMixP(pretrained={str(path)!r}")
 
 

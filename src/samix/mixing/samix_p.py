@@ -37,8 +37,12 @@ Compatibility with the data (errors name the metadata field, the file's and the 
 
 Devices: the frozen modules are held outside any ``nn.Module`` tree of the run (a mixer is a plain
 object), so they are in neither the optimizer nor the run's checkpoint (their state lives in the
-file only). They move lazily, on each call whose images differ, to the images' device, dtype and
-memory format (channels_last).
+file only). They move lazily, on the first call and whenever the images change, to the images'
+device, in float32 (float64 for float64 images; half-precision
+images are up-cast for the encoder rather than the weights rounded down, and ``torch.autocast``
+still runs the encoder in low precision). Masks are computed in float32 and applied in the images'
+dtype; the reported ``lam`` is the mean of the mask actually applied. The encoder always runs in
+channels_last (faster on CPUs and GPUs alike); the mixed images keep the input's memory format.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class SAMixP(Mixer):
         self.renormalize = renormalize
         self.pretrained = os.fspath(pretrained) if isinstance(pretrained, os.PathLike) else pretrained
         self.frozen = load_pretrained_mixer(pretrained, device="cpu")
-        self._placement: Tuple = (torch.device("cpu"), torch.float32, False)
+        self._placement: Tuple = (torch.device("cpu"), torch.float32)
         self._bound = False
         self._warned = False
         if dataset is not None or mean is not None or std is not None or image_size is not None:
@@ -124,13 +128,13 @@ class SAMixP(Mixer):
 
     # ------------------------------------------------------------------ placement
     def _place(self, images: Tensor):
-        cl = images.dim() == 4 and not images.is_contiguous() \
-            and images.is_contiguous(memory_format=torch.channels_last)
-        key = (images.device, images.dtype, cl)
+        # float32 parameters for float32/float16/bfloat16 images (never rounded down, so a half-precision
+        # batch cannot degrade the weights; autocast still runs the encoder in low precision), float64 for
+        # float64 images (a lossless round trip)
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        key = (images.device, dtype)
         if key != self._placement:
-            self.frozen.to(device=images.device, dtype=images.dtype)
-            if cl:
-                self.frozen.encoder.to(memory_format=torch.channels_last)
+            self.frozen.to(device=images.device, dtype=dtype)  # keeps the encoder's channels_last layout
             self._placement = key
         return self.frozen
 
