@@ -1,0 +1,166 @@
+"""The training benchmarks (benchmarks/train_overhead.py, benchmarks/automix_cost.py) and their helper.
+
+Tiny models and batches: these check that the measurements mean what the scripts say, not speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    if str(BENCH) not in sys.path:  # the scripts import their helper as a top-level module
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+tb = _load("_trainbench")
+overhead = _load("train_overhead")
+cost = _load("automix_cost")
+
+CPU = torch.device("cpu")
+MIB = 2**20
+
+
+# ------------------------------------------------------------------------------ memory measurement
+def test_cpu_peak_allocated_follows_allocations_and_frees_in_time_order():
+    def f():
+        a = torch.empty(MIB, dtype=torch.uint8)
+        b = torch.empty(2 * MIB, dtype=torch.uint8)
+        del a  # peak was a + b = 3 MiB
+        c = torch.empty(MIB // 2, dtype=torch.uint8)
+        return b, c  # 2.5 MiB survive the call
+
+    keep = []
+    peak, end = tb.cpu_peak_allocated(lambda: keep.append(f()))
+    assert peak == 3 * MIB
+    assert end == 2 * MIB + MIB // 2
+
+
+def test_cpu_peak_allocated_does_not_see_tensors_allocated_before():
+    big = torch.zeros(MIB)  # 4 MiB, alive before and after
+    assert tb.cpu_peak_allocated(lambda: big.neg()) == (4 * MIB, 0)  # only the temporary
+    old = [torch.zeros(MIB)]
+
+    def free_old_then_allocate():
+        old.pop()  # freed inside, allocated before: not seen (hence peak_memory profiles from the build)
+        return torch.zeros(MIB)
+
+    assert tb.cpu_peak_allocated(free_old_then_allocate) == (4 * MIB, 0)
+
+
+def test_state_bytes_counts_params_grads_buffers_and_optimizer_state_once():
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.BatchNorm1d(20))
+    model[1].weight = model[1].weight  # noqa: PLW0127 (a parameter referenced twice is stored once)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert tb.state_bytes(model, opt) == 4 * params + buffers
+    model(torch.randn(4, 10)).sum().backward()
+    opt.step()  # gradients and one momentum buffer per parameter
+    assert tb.state_bytes(model, opt) == 3 * 4 * params + buffers
+
+
+# ------------------------------------------------------------------------------ building and timing
+def test_candidates_built_like_the_trainer_start_from_the_same_weights():
+    ov = tb.model_overrides("convnet", 0.25, 1, 4, "fp32", False)
+    _, a, _ = tb.build_candidate(ov + ["mixer.name=cutmix"], 10, 1, CPU)
+    _, b, _ = tb.build_candidate(ov + ["algorithm.name=automix"], 10, 1, CPU)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert type(a).__name__ == "Supervised" and a.mixer is not None and b.mix_block is not None
+
+
+def test_train_step_is_one_optimizer_step_of_the_engine():
+    ov = tb.model_overrides("convnet", 0.25, 1, 4, "fp32", False) + ["optim.momentum=0.0", "optim.weight_decay=0.0",
+                                                                     "sched.name=constant", "optim.lr=0.5"]
+    cfg, algo, opt = tb.build_candidate(ov, 10, 1, CPU)
+    x, y = tb.synthetic_batch(4, 1, 28, 10, CPU)
+    before = {k: v.clone() for k, v in algo.model.named_parameters()}
+    loss = algo(x, y)["loss"]
+    grads = torch.autograd.grad(loss, list(algo.model.parameters()))
+    step = tb.TrainStep(cfg, algo, opt, x, y)
+    step()
+    for (name, p), g in zip(algo.model.named_parameters(), grads):
+        torch.testing.assert_close(p.detach(), before[name] - 0.5 * g)
+    assert step.step == 1 and step.mean_loss() == pytest.approx(float(loss.detach()))
+
+
+def test_interleave_times_every_candidate_once_per_round_in_shuffled_orders():
+    calls = []
+    cands = [tb.Timed(n, (lambda n=n: calls.append(n))) for n in "abcd"]
+    tb.interleave(cands, CPU, warmup=2, repeats=5, seed=1)
+    assert all(len(c.wall_ms) == 5 and len(c.cpu_ms) == 5 for c in cands)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 7 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    assert tb.paired_ratio([2, 3, 10], [1, 1, 2]) == 3.0  # ratios 2, 3, 5
+    assert tb.paired_ratio([1.0] * 3, [1.0] * 3) == 1.0
+
+
+# ------------------------------------------------------------------------------ the scripts
+def test_train_overhead_script_writes_ratios_for_every_policy(tmp_path):
+    out = tmp_path / "o.json"
+    assert overhead.main(["--model", "convnet", "--batch", "4", "--repeats", "2", "--warmup", "0", "--threads", "1",
+                          "--policies", "mixup", "cutmix", "manifoldmix", "--device", "cpu",
+                          "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["policy"]: r for r in res["rows"]}
+    assert list(rows) == ["vanilla", "mixup", "cutmix", "manifoldmix"]
+    assert rows["vanilla"]["x_vanilla"] == 1.0 and rows["vanilla"]["meets_target"] is None
+    for name in ("mixup", "cutmix", "manifoldmix"):
+        r = rows[name]
+        assert r["median_ms"] > 0 and r["finite_loss"]
+        assert r["x_vanilla"] == pytest.approx(r["median_ms"] / rows["vanilla"]["median_ms"])
+        assert r["meets_target"] == (r["x_vanilla"] <= 1.05)
+    assert rows["mixup"]["mix_ms"] > 0 and rows["manifoldmix"]["mix_ms"] is None  # mixes inside the model
+    assert res["machine"]["threads"] == 1
+
+
+def test_train_overhead_rejects_unknown_policies():
+    with pytest.raises(SystemExit):
+        overhead.parse_args(["--policies", "nosuchmix"])
+
+
+def test_automix_cost_script_memory_and_phases(tmp_path):
+    out = tmp_path / "c.json"
+    assert cost.main(["--model", "convnet", "--batch", "4", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                      "--phase-iters", "2", "--device", "cpu", "--candidates", "automix", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["candidate"]: r for r in res["rows"]}
+    assert list(rows) == ["vanilla", "automix"]  # vanilla always first
+    van, am = rows["vanilla"], rows["automix"]
+    assert 0 < van["state_mib"] < van["peak_mib"] and 0 < am["state_mib"] < am["peak_mib"]
+    assert am["state_mib"] > van["state_mib"]  # the teacher and the Mix Block
+    assert am["x_mem"] == pytest.approx(am["peak_mib"] / van["peak_mib"])
+    ph = res["phases"]["automix"]
+    for name in ("teacher features (no grad)", "generator (2 masks, 1 call)", "student fwd: mixed",
+                 "student fwd: clean", "teacher fwd: generator's mixed", "bwd: teacher, inside forward",
+                 "bwd: student mixed", "bwd: student clean", "EMA teacher update"):
+        assert ph[name] > 0, name
+    parts = sum(v for k, v in ph.items() if k != "total")
+    assert 0.7 * ph["total"] <= parts <= 1.01 * ph["total"]  # the phases cover the iteration
+
+
+def test_phase_timer_restores_what_it_wrapped():
+    import samix.algorithms.automix as automix_mod
+
+    orig = automix_mod._backward_now
+    ov = tb.model_overrides("convnet", 0.25, 1, 4, "fp32", False) + ["algorithm.name=automix"]
+    cfg, algo, opt = tb.build_candidate(ov, 10, 1, CPU)
+    step = tb.TrainStep(cfg, algo, opt, *tb.synthetic_batch(4, 1, 28, 10, CPU))
+    cost.phase_breakdown(step, 1, CPU, vanilla=False)
+    assert automix_mod._backward_now is orig
+    for module in (algo.model, algo.teacher, algo.mix_block):
+        assert "forward" not in vars(module) and "features" not in vars(module)
