@@ -471,3 +471,25 @@ def test_decoupled_mixup_cpu_recipe_runs(tmp_path):
     summary = train(cfg)
     assert np.isfinite(summary["top1_last"])
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] > 0
+
+
+# ------------------------------------------------------------------------------------ benchmark smoke test
+def test_overhead_benchmark_script_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("samix_p_overhead", REPO / "benchmarks" / "samix_p_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        assert mod.main(["--model", "convnet", "--width", "0.25", "--size", "16", "--in-chans", "3", "--batch", "4",
+                         "--repeats", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+                         "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads(out.read_text())["rows"]
+    steps = {r["name"]: r for r in rows if r["kind"] == "train_step"}
+    assert set(steps) == {"vanilla", "mixup", "samix_p"} and steps["vanilla"]["ratio_to_vanilla"] == 1.0
+    assert {r["name"] for r in rows if r["kind"] == "mix_only"} == {"mixup", "samix_p"}
+    assert all(r["median_s"] > 0 and r["q1_s"] <= r["median_s"] <= r["q3_s"] for r in rows)

@@ -94,7 +94,9 @@ def _cmd_list(args) -> int:
     from samix.models import list_models
 
     sections = {
-        "mixers": [f"{m}{' (needs a model)' if get_mixer_class(m).needs_model else ''}" for m in list_mixers()],
+        "mixers": [f"{m}{' (needs a model)' if get_mixer_class(m).needs_model else ''}"
+                   f"{' (needs mixer.pretrained=FILE)' if get_mixer_class(m).needs_pretrained else ''}"
+                   for m in list_mixers()],
         "models": list_models() + ["timm:<any timm model name>"],
         "algorithms": list_algorithms(),
     }
