@@ -11,7 +11,10 @@ optimizer step, ``on_train_step_end``, i.e. the EMA teacher update):
 * ``automix``: AutoMix with its defaults (momentum pipeline, stage 3, clean CE, L1 mask loss);
 * ``automix_no_clean``: the Table 6 ablation without the clean-sample CE (``clean_ce=false``);
 * ``automix_no_momentum``: the ablation without the momentum pipeline (``momentum_pipeline=false``);
-* ``samix``, ``samix_no_clean``: SAMix (Mixer + eta-balanced generation loss), with/without clean CE.
+* ``samix``, ``samix_no_clean``: SAMix (Mixer + eta-balanced generation loss), with/without clean CE;
+* ``automix_late``, ``automix_no_clean_late``, ``samix_late``: the same steps with the generation
+  pass last and the whole backward at the end, i.e. without the backward through the teacher
+  inside ``forward`` (same values and gradients, more memory): what that optimisation saves.
 
 Time: interleaved rounds (after ``--warmup`` rounds each of ``--repeats`` rounds runs one iteration
 of every candidate, in a freshly shuffled order), medians, ratios to vanilla (ratio of medians, the
@@ -74,6 +77,11 @@ CANDIDATES: Dict[str, List[str]] = {
     "automix_no_momentum": ["algorithm.name=automix", "algorithm.momentum_pipeline=false"],
     "samix": ["algorithm.name=samix"],
     "samix_no_clean": ["algorithm.name=samix", "algorithm.clean_ce=false"],
+    # the same steps with the generation pass last and the whole backward at the end (the schedule
+    # before the backward through the teacher moved into forward): same values and gradients
+    "automix_late": ["algorithm.name=automix"],
+    "automix_no_clean_late": ["algorithm.name=automix", "algorithm.clean_ce=false"],
+    "samix_late": ["algorithm.name=samix"],
 }
 DEFAULT_CANDIDATES = ["vanilla", "automix", "automix_no_clean", "samix"]
 
@@ -113,6 +121,8 @@ def batch(args, device):
 def make_step(args, device, name, images, labels) -> tb.TrainStep:
     cfg, algo, opt = tb.build_candidate(overrides(args, name), args.num_classes, args.in_chans, device,
                                         seed=args.seed)
+    if name.endswith("_late"):
+        algo._teacher_backward_now = lambda device_type: False  # instance attribute hides the method
     return tb.TrainStep(cfg, algo, opt, images, labels)
 
 
@@ -314,21 +324,24 @@ def run(args, device) -> dict:
     images, labels = batch(args, device)
     names = args.candidates
     # --- time (interleaved)
-    steps = {n: make_step(args, device, n, images, labels) for n in names}
-    cands = [tb.Timed(n, steps[n]) for n in names]
-    t0 = time.perf_counter()
-    tb.interleave(cands, device, args.warmup, args.repeats, seed=args.seed,
-                  progress=lambda r, n: print(f"\r# round {r}/{n} ({time.perf_counter() - t0:.0f} s)", end="",
-                                              file=sys.stderr, flush=True))
-    print(file=sys.stderr)
-    # --- phases
-    phases = {}
-    if args.phase_iters > 0:
-        for n in names:
-            phases[n] = phase_breakdown(steps[n], args.phase_iters, device, vanilla=n in ("vanilla", "mixup"))
-    syncs = {n: count_syncs(steps[n], device) for n in names}
-    losses = {n: steps[n].mean_loss() for n in names}
-    del steps
+    cands = [tb.Timed(n, None) for n in names]
+    phases, syncs, losses = {}, dict.fromkeys(names), dict.fromkeys(names)
+    if not args.memory_only:
+        steps = {n: make_step(args, device, n, images, labels) for n in names}
+        for c in cands:
+            c.fn = steps[c.name]
+        t0 = time.perf_counter()
+        tb.interleave(cands, device, args.warmup, args.repeats, seed=args.seed,
+                      progress=lambda r, n: print(f"\r# round {r}/{n} ({time.perf_counter() - t0:.0f} s)", end="",
+                                                  file=sys.stderr, flush=True))
+        print(file=sys.stderr)
+        # --- phases
+        if args.phase_iters > 0:
+            for n in names:
+                phases[n] = phase_breakdown(steps[n], args.phase_iters, device, vanilla=n in ("vanilla", "mixup"))
+        syncs = {n: count_syncs(steps[n], device) for n in names}
+        losses = {n: steps[n].mean_loss() for n in names}
+        del steps
     # --- memory (fresh objects, one candidate at a time)
     mem = {}
     for n in names:
@@ -336,22 +349,26 @@ def run(args, device) -> dict:
         if args.rss:
             mem[n]["rss_growth"] = rss(args, n)
     base = cands[0]
-    bw, bc = tb.stats(base.wall_ms)["median"], tb.stats(base.cpu_ms)["median"]
     rows = []
     for c in cands:
-        w = tb.stats(c.wall_ms)
         m = mem[c.name]
-        row = dict(candidate=c.name, median_ms=w["median"], p25_ms=w["p25"], p75_ms=w["p75"],
-                   x_time=w["median"] / bw, x_time_paired=tb.paired_ratio(c.wall_ms, base.wall_ms),
-                   x_time_cpu=tb.stats(c.cpu_ms)["median"] / bc,
-                   peak_mib=tb.mib(m["peak"]), x_mem=m["peak"] / mem[base.name]["peak"],
+        row = dict(candidate=c.name, median_ms=None, p25_ms=None, p75_ms=None, x_time=None, x_time_paired=None,
+                   x_time_cpu=None)
+        if c.wall_ms:
+            w = tb.stats(c.wall_ms)
+            row.update(median_ms=w["median"], p25_ms=w["p25"], p75_ms=w["p75"],
+                       x_time=w["median"] / tb.stats(base.wall_ms)["median"],
+                       x_time_paired=tb.paired_ratio(c.wall_ms, base.wall_ms),
+                       x_time_cpu=tb.stats(c.cpu_ms)["median"] / tb.stats(base.cpu_ms)["median"])
+        row.update(peak_mib=tb.mib(m["peak"]), x_mem=m["peak"] / mem[base.name]["peak"],
                    state_mib=tb.mib(m["state"]), activations_mib=tb.mib(m["activations"]),
                    x_activations=m["activations"] / max(mem[base.name]["activations"], 1),
                    rss_growth_mib=tb.mib(m.get("rss_growth")),
                    x_rss=(m["rss_growth"] / mem[base.name]["rss_growth"]) if "rss_growth" in m else None,
                    syncs_per_iter=syncs[c.name], mean_loss=losses[c.name], meets_target=None)
         if c.name.split("_")[0] in LEARNABLE and c.name != base.name:
-            row["meets_target"] = bool(row["x_time"] <= TARGET_TIME and row["x_mem"] <= TARGET_MEM)
+            row["meets_target"] = bool((row["x_time"] is None or row["x_time"] <= TARGET_TIME)
+                                       and row["x_mem"] <= TARGET_MEM)
         rows.append(row)
     return dict(rows=rows, phases=phases)
 
@@ -367,8 +384,9 @@ def format_tables(res: dict) -> str:
     for r in rows:
         ok = "" if r["meets_target"] is None else ("yes" if r["meets_target"] else "**no**")
         rss_s = "" if r["rss_growth_mib"] is None else f"{r['rss_growth_mib']:.0f} ({r['x_rss']:.2f})"
-        lines.append(f"| {r['candidate']} | {r['median_ms']:.0f} | {r['p25_ms']:.0f}–{r['p75_ms']:.0f} | "
-                     f"{r['x_time']:.2f} | {r['x_time_paired']:.2f} | {r['x_time_cpu']:.2f} | {r['peak_mib']:.1f} | "
+        spread = "" if r["p25_ms"] is None else f"{r['p25_ms']:.0f}–{r['p75_ms']:.0f}"
+        lines.append(f"| {r['candidate']} | {f(r['median_ms'], '.0f')} | {spread} | {f(r['x_time'], '.2f')} | "
+                     f"{f(r['x_time_paired'], '.2f')} | {f(r['x_time_cpu'], '.2f')} | {r['peak_mib']:.1f} | "
                      f"{r['x_mem']:.2f} | {r['state_mib']:.1f} | {r['activations_mib']:.1f} | {rss_s} | {ok} |")
     if any(r["syncs_per_iter"] is not None for r in rows):
         lines += ["", "Host-device synchronisations per iteration (CUDA sync debug mode): " + ", ".join(
@@ -415,6 +433,7 @@ def parse_args(argv=None):
     p.add_argument("--phase-iters", type=int, default=5, help="instrumented iterations per candidate (0: none)")
     p.add_argument("--mem-iters", type=int, default=2, help="iterations run for the peak memory (default 2)")
     p.add_argument("--rss", action="store_true", help="also measure RSS growth in a fresh subprocess each")
+    p.add_argument("--memory-only", action="store_true", help="measure the peak memory only (no timing)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=sorted(tb.AMP_DTYPES), help="autocast (default fp32)")
@@ -456,7 +475,8 @@ def main(argv=None) -> int:
     info = tb.machine_info(threads, device)
     print(f"# learnable-mixer cost: {args.model} width {args.width} {' '.join(args.model_kwargs)}, "
           f"{args.batch}x{args.in_chans}x{args.size}x{args.size}, {args.precision}, optimizer "
-          f"{args.optim or 'sgd'}, {args.repeats} interleaved rounds after {args.warmup} warm-up")
+          f"{args.optim or 'sgd'}, " + ("peak memory only" if args.memory_only else
+                                          f"{args.repeats} interleaved rounds after {args.warmup} warm-up"))
     print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
     res = run(args, device)
     print(format_tables(res))
