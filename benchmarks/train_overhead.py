@@ -5,8 +5,9 @@ Each candidate is a real samix algorithm, built the way ``samix train`` builds i
 (``load_config(None, overrides)`` + ``build_algorithm_from_config`` + the engine's optimizer):
 
 * ``vanilla``: ``algorithm.name=supervised``, no mixer;
-* one candidate per name in ``samix.mixing.list_mixers()``: the image-only policies and
-  ``manifoldmix`` (mixes a hidden map inside the model), each with ``alpha=1``, ``mode=batch``.
+* one candidate per name in ``samix.mixing.list_mixers()`` that needs no pre-trained file: the
+  image-only policies and ``manifoldmix`` (mixes a hidden map inside the model), each with
+  ``alpha=1``, ``mode=batch``.
 
 All candidates share the model (same config, same initial weights) and one fixed synthetic batch
 ``[B, C, S, S]`` (no DataLoader: data loading is not measured). One iteration is exactly the
@@ -21,7 +22,7 @@ alone (``mixer.mix(images)``, timed in the same rounds; none for ``manifoldmix``
 inside the forward pass).
 
 Target (issue 3): <= 1.05x vanilla for every policy that needs no extra forward pass (all of the
-current ones: manifoldmix mixes inside the single forward pass).
+default candidates: manifoldmix mixes inside the single forward pass).
 
 Usage::
 
@@ -47,9 +48,11 @@ TARGET = 1.05
 
 
 def policies() -> list[str]:
-    from samix.mixing import list_mixers
+    """Every registered policy that needs no pre-trained file: the image-only ones and manifoldmix
+    (``samix_p`` runs a pre-trained encoder, an extra forward pass: ``benchmarks/samix_p_overhead.py``)."""
+    from samix.mixing import get_mixer_class, list_mixers
 
-    return list(list_mixers())
+    return [n for n in list_mixers() if not getattr(get_mixer_class(n), "needs_pretrained", False)]
 
 
 def candidate_overrides(args, policy) -> list[str]:
@@ -149,7 +152,8 @@ def parse_args(argv=None):
                    help="extra model options, e.g. img_size=32 for ViTs")
     p.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
     p.add_argument("--alpha", type=float, default=1.0, help="Beta(alpha, alpha) of every policy (default 1)")
-    p.add_argument("--policies", nargs="+", default=None, help="policies (default: all of list_mixers())")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help="policies (default: every one of list_mixers() that needs no pre-trained file)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

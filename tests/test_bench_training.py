@@ -128,6 +128,14 @@ def test_train_overhead_script_writes_ratios_for_every_policy(tmp_path):
     assert res["machine"]["threads"] == 1
 
 
+def test_train_overhead_default_policies_are_every_one_without_a_pretrained_file():
+    from samix.mixing import get_mixer_class, list_mixers
+
+    names = overhead.policies()
+    assert "manifoldmix" in names and "mixup" in names and "cutmix" in names
+    assert set(names) == {n for n in list_mixers() if not getattr(get_mixer_class(n), "needs_pretrained", False)}
+
+
 def test_train_overhead_rejects_unknown_policies():
     with pytest.raises(SystemExit):
         overhead.parse_args(["--policies", "nosuchmix"])
