@@ -413,3 +413,75 @@ def test_resumed_automix_run_equals_an_uninterrupted_one_and_writes_mask_figures
         assert png.is_file()
         img = mpimg.imread(png)
         assert img.shape[0] > img.shape[1] * 0.5 and img.std() > 0.05
+
+
+# ------------------------------------------------------------------------------ shipped configs
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_automix_and_samix_configs_hold_valid_options():
+    from samix.engine.config import section_options
+
+    learned = []
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if not path.name.startswith("_"):
+            cfg = load_config(path)
+            if cfg.algorithm.name in ("automix", "samix"):
+                learned.append((path, cfg))
+    paper_rows = {"cifar100/automix_r18.yaml", "cifar100/automix_rx50.yaml", "cifar100/samix_r18.yaml",
+                  "cifar100/samix_rx50.yaml", "tiny_imagenet/automix_r18.yaml", "tiny_imagenet/samix_r18.yaml"}
+    names = {str(p.relative_to(REPO / "configs")) for p, _ in learned}
+    assert paper_rows | {"fashion_mnist/automix.yaml", "fashion_mnist/samix.yaml"} <= names
+    for path, cfg in learned:
+        assert cfg.mixer.name == "none", path
+        opts = section_options(cfg.algorithm)
+        algo = _algo(cfg.algorithm.name, **opts)  # a tiny model: every option is checked at construction
+        if str(path.relative_to(REPO / "configs")) in paper_rows:
+            assert algo.options["alpha"] == 2.0 and algo.options["stage"] == 3, path
+            assert cfg.epochs == (400 if "tiny_imagenet" in str(path) else 800), path
+            assert algo.options["momentum_end"] == 0.999999 and cfg.sched.min_lr == 0.05, path
+
+
+def test_cpu_recipe_reads_a_7x7_map_of_stage_3():
+    from samix.data import dataset_info
+    from samix.engine.trainer import build_algorithm_from_config
+
+    cfg = load_config(REPO / "configs" / "fashion_mnist" / "automix.yaml")
+    algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    z = algo.teacher.features(torch.zeros(2, 1, 28, 28), cfg.algorithm.stage)
+    assert tuple(z.shape[1:]) == (64, 7, 7) and algo.mix_block.in_channels == 64
+    assert cfg.viz.every == 10
+
+
+# ------------------------------------------------------------------------------ precision and devices
+@pytest.mark.parametrize("name", ["automix", "samix"])
+def test_bf16_autocast_step_is_finite_and_trains_the_generator(name):
+    algo = _algo(name, mixup_fallback=0.0)
+    x, y = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = algo(x, y)
+    assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss"))
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in algo.mix_block.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["automix", "samix"])
+def test_cuda_fp16_channels_last_step(name):
+    algo = _algo(name, mixup_fallback=0.0).cuda().to(memory_format=torch.channels_last)
+    x, y = _batch(b=16, s=32)
+    x = x.cuda().contiguous(memory_format=torch.channels_last)
+    y = y.cuda()
+    scaler = torch.amp.GradScaler("cuda")
+    opt = torch.optim.SGD([p for g in algo.param_groups() for p in g["params"]], lr=0.1)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = algo(x, y)
+    scaler.scale(out["loss"]).backward()
+    scaler.step(opt)
+    scaler.update()
+    algo.on_train_step_end()
+    assert torch.isfinite(out["loss"])
+    masks = algo.masks_for(x[:4], [0.0, 0.5, 1.0])
+    assert masks.is_cuda and masks.shape == (3, 2, 1, 32, 32)
