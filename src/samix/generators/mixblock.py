@@ -141,8 +141,14 @@ def check_generator_inputs(z, lam, index, in_channels: int) -> Tuple[Tensor, Ten
         raise ValueError(f"index must have shape [B]=[{b}], got {tuple(index.shape)}")
     lam = lam.to(device=z.device, dtype=torch.float32)
     index = index.to(device=z.device, dtype=torch.long)
-    # one host sync for both range checks
-    ok = torch.stack([((lam >= 0) & (lam <= 1)).all(), ((index >= 0) & (index < b)).all()]).tolist()
+    lam_ok, index_ok = ((lam >= 0) & (lam <= 1)).all(), ((index >= 0) & (index < b)).all()
+    if z.device.type != "cpu":
+        # no host sync per call on an accelerator: the check runs asynchronously and fails the
+        # next synchronising operation with the message
+        torch._assert_async(lam_ok, "lam must lie in [0, 1] (share of the original sample)")
+        torch._assert_async(index_ok, f"index must hold partners in [0, B-1]=[0, {b - 1}]")
+        return lam, index
+    ok = torch.stack([lam_ok, index_ok]).tolist()
     if not ok[0]:
         raise ValueError(f"lam must lie in [0, 1] (share of the original sample), got values "
                          f"in [{lam.min().item():.4g}, {lam.max().item():.4g}]")

@@ -23,7 +23,7 @@ Every module can be switched off for the ablation of samix.txt Table 10:
 - ``adaptive_lambda=False``: lambda enters by concatenation as in AutoMix's
   :class:`~samix.generators.MixBlock` (a constant ``lam`` / ``1 - lam`` channel,
   computed as a learnable weight times ``lam`` added to the first 1x1
-  convolution of each branch); no ``gamma``.
+  convolution of each branch, after the content module's BatchNorm); no ``gamma``.
 - ``nonlinear_content=False``: ``C_i`` is a single 1x1 convolution (no BN, no Dropout).
 - ``lam_adjust=False``: never adjust (see below).
 
@@ -46,6 +46,20 @@ mean follows ``lam`` to about 0.06-0.09 (mean absolute error; the lambda
 channel of :class:`~samix.generators.MixBlock` gets to about 0.02): scaling the
 features by at most 2x is a weak handle on the mean, which lambda adjusting
 then fixes exactly.
+
+Where lambda enters the content module (a documented deviation from the letter of Eq. 9). The
+paper scales the *input* ``z_i`` by ``(1 + gamma * lam)`` before the content module
+conv-BN-ReLU-Dropout-conv. The pipelines draw one ``lam`` per batch, and a per-batch constant
+factor in front of a bias-free convolution followed by BatchNorm in training mode is normalised
+away exactly: ``BN(s * W z) = BN(W z)``. As printed, the content map - and with it the level of the
+mask - could not depend on ``lam`` at all and ``gamma`` would receive no gradient from it (measured:
+raw masks identical for lam 0.2 and 0.8, gamma stuck at 0). So the factor is applied right after
+the BatchNorm, on the normalised hidden map. Without BatchNorm this is the same function (ReLU and
+Dropout are positively homogeneous, the convolutions linear): the content logit becomes
+``(1 + gamma * lam) * f(z_i) + b``, the handle on the mask's level the encoding is meant to give.
+The attention path (no normalisation) takes the scaled ``z_i`` and ``z_j`` as printed. The same
+holds for the ablation ``adaptive_lambda=False``: the lambda channel of the content module is added
+after the BatchNorm (``BN(W z) + w_lam * lam``).
 
 Lambda adjusting (samix.txt A.2; a documented reading). As printed, "if
 ``mu_i < lam``, ``s^_i = (mu_i / lam) s_i``" would lower the mean further. The
@@ -256,7 +270,13 @@ class Mixer(nn.Module):
         else:
             self.proj = None
         if nonlinear_content:
-            self.content_in = _LamConv(in_channels, self.content_channels, with_lam=concat_lam, bias=False)
+            # lambda enters after the BatchNorm (see "Where lambda enters" in the module docstring)
+            self.content_in = _LamConv(in_channels, self.content_channels, with_lam=False, bias=False)
+            if concat_lam:
+                self.content_lam = nn.Parameter(torch.empty(self.content_channels))
+                lam_column_init(self.content_lam, in_channels + 1)
+            else:
+                self.register_parameter("content_lam", None)
             self.content_body = nn.Sequential(
                 nn.BatchNorm2d(self.content_channels),
                 nn.ReLU(inplace=True),
@@ -266,6 +286,7 @@ class Mixer(nn.Module):
         else:
             self.content_in = _LamConv(in_channels, 1, with_lam=concat_lam)
             self.content_body = None
+            self.register_parameter("content_lam", None)
 
     # ------------------------------------------------------------------ gamma
     def gamma_tensor(self) -> Tensor:
@@ -320,7 +341,8 @@ class Mixer(nn.Module):
         x_j = x[index]
         if self.adaptive_lambda:
             g = self.gamma_tensor()
-            zi = x * (1 + g * lam4).to(x.dtype)
+            scale_i = (1 + g * lam4).to(x.dtype)
+            zi = x * scale_i
             zj = x_j * (1 + g * (1 - lam4)).to(x.dtype)
         else:
             zi, zj = x, x_j
@@ -331,9 +353,17 @@ class Mixer(nn.Module):
             # weight (w_a lam + w_b (1 - lam) = (w_a - w_b) lam + w_b, w_b joining the bias)
             qk = self.proj(torch.cat([zi, zj], dim=1), lam4)
             attention = attention_logits_softmax(qk, qk, self.attn_norm)
-        content = self.content_in(zi, lam4)
-        if self.content_body is not None:
-            content = self.content_body(content)
+        if self.content_body is None:
+            content = self.content_in(zi, lam4)
+        else:
+            # BN(conv(z_i)), then the lambda encoding, then ReLU-Dropout-conv: a per-batch constant
+            # applied before the BatchNorm would be normalised away (module docstring)
+            hidden = self.content_body[0](self.content_in(x, None))
+            if self.adaptive_lambda:
+                hidden = hidden * scale_i.to(hidden.dtype)
+            else:
+                hidden = hidden + self.content_lam.view(1, -1, 1, 1) * lam4.to(hidden.dtype)
+            content = self.content_body[1:](hidden)
         logits = attend(attention, content)
         small = torch.sigmoid(logits)
         mask_raw = upsample_mask(small, size, self.upsample)
