@@ -32,9 +32,12 @@ class CutMix(Mixer):
             # One box for the whole batch: copy only the box (cheapest possible).
             y1, y2, x1, x2 = (int(v) for v in boxes[0])
             mixed = images.clone()
-            mixed[:, :, y1:y2, x1:x2] = images[index, :, y1:y2, x1:x2]
-            mask = boxes_to_mask(boxes, h, w, images.device).expand(b, 1, h, w)
+            # index_select copies whole samples; images[index, ...] would gather element-wise
+            mixed[:, :, y1:y2, x1:x2] = images[:, :, y1:y2, x1:x2].index_select(0, index.to(images.device))
+            # convert the [1, 1, H, W] mask, then broadcast: no dense [B, 1, H, W] write
+            mask = boxes_to_mask(boxes, h, w, images.device).to(images.dtype).expand(b, 1, h, w)
         else:
             mask = boxes_to_mask(boxes, h, w, images.device)
             mixed = mask_mix(images, index, mask)
-        return MixResult(mixed, lam_tensor(lam_real, b, images.device), index, mask.to(images.dtype))
+            mask = mask.to(images.dtype)
+        return MixResult(mixed, lam_tensor(lam_real, b, images.device), index, mask)

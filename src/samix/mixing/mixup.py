@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, broadcast_weight, lam_tensor
+from .base import MixResult, Mixer, _tracks_grad, broadcast_weight, gather_batch, lam_tensor
 from .registry import register_mixer
 
 
@@ -16,11 +16,14 @@ class MixUp(Mixer):
 
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray) -> MixResult:
         b = images.shape[0]
-        partner = images[index]
-        if lam.size == 1:
-            # one scalar weight: a single fused lerp, the memory-bound floor
-            mixed = torch.lerp(partner, images, float(lam[0]))
+        lam_t = lam_tensor(lam, b, images.device)
+        # a sample-wise gather (index_select) blended in place into the gathered copy: one batch-sized
+        # allocation and no element-wise indexing (benchmarks/mixing_throughput.py); out of place
+        # when autograd tracks the images
+        partner = gather_batch(images, index)
+        weight = float(lam[0]) if lam.size == 1 else broadcast_weight(lam_t, images)
+        if _tracks_grad(images):
+            mixed = torch.lerp(partner, images, weight)
         else:
-            lam_t = lam_tensor(lam, b, images.device)
-            mixed = torch.lerp(partner, images, broadcast_weight(lam_t, images))
-        return MixResult(mixed, lam_tensor(lam, b, images.device), index, None)
+            mixed = partner.lerp_(images, weight)
+        return MixResult(mixed, lam_t, index, None)

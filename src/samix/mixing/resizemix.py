@@ -119,15 +119,18 @@ class ResizeMix(Mixer):
             y1, y2, x1, x2 = (int(v) for v in boxes[0])
             mixed = images.clone()
             if y2 > y1 and x2 > x1:
-                small = F.interpolate(gather_batch(images, index), size=(y2 - y1, x2 - x1), mode="bilinear",
+                # resize first, then gather the small images: resizing commutes with the
+                # sample permutation, and the gather then moves box-sized data only
+                small = F.interpolate(images, size=(y2 - y1, x2 - x1), mode="bilinear",
                                       align_corners=False, antialias=False)
-                mixed[:, :, y1:y2, x1:x2] = small
-            mask = boxes_to_mask(boxes, h, w, images.device).expand(b, 1, h, w)
+                mixed[:, :, y1:y2, x1:x2] = gather_batch(small, index)
+            mask = boxes_to_mask(boxes, h, w, images.device).to(images.dtype).expand(b, 1, h, w)
         else:
             mask = boxes_to_mask(boxes, h, w, images.device)
             pasted = resize_into_boxes(gather_batch(images, index), boxes)
             mixed = torch.where(mask, images, pasted)
-        return MixResult(mixed, lam_tensor(lam_real, b, images.device), index, mask.to(images.dtype))
+            mask = mask.to(images.dtype)
+        return MixResult(mixed, lam_tensor(lam_real, b, images.device), index, mask)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", scope={self.scope})"

@@ -48,24 +48,25 @@ from .registry import register_mixer
 SHAPES = ("square", "circle", "random")
 
 
-def fitting_softness(area: np.ndarray, c: np.ndarray, softness: float, iters: int = 40) -> np.ndarray:
+def fitting_softness(area: np.ndarray, c: np.ndarray, softness: float) -> np.ndarray:
     """Largest softness ``<= softness`` whose trapezoid of integral ``area`` has support half-width ``<= 1/2``.
 
     With the support pinned at 1/2, ``r = 1 / (2 (1 + k))`` and the integral
-    ``c (1 + k^2 / 3) / (4 (1 + k)^2)`` decreases in ``k``; it fits iff that is
-    ``>= area``. ``area < c / 4`` always fits at ``k = 0``. Vectorised bisection.
+    ``c (1 + k^2 / 3) / (4 (1 + k)^2)`` decreases in ``k``; it fits iff
+    ``g(k) = (c/3 - 4A) k^2 - 8A k + (c - 4A) >= 0`` (``A = area``). ``area < c / 4``
+    always fits at ``k = 0``. The answer is the first non-negative root of ``g``, in
+    closed form (the cancellation-free form ``2 g(0) / (8A + sqrt(disc))`` of the
+    smaller root; no real root means every ``k`` fits), clipped to ``[0, softness]``.
     """
-    def fits(k):
-        return c * (1.0 + k ** 2 / 3.0) >= 4.0 * area * (1.0 + k) ** 2
-
-    k = np.full(area.shape, float(softness))
-    ok = fits(k)
-    lo, hi = np.zeros_like(k), k.copy()
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        good = fits(mid)
-        lo, hi = np.where(good, mid, lo), np.where(good, hi, mid)
-    return np.where(ok, k, lo)
+    area = np.asarray(area, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    a, d = c / 3.0 - 4.0 * area, c - 4.0 * area
+    disc = 64.0 * area ** 2 - 4.0 * a * d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.where(disc >= 0, 2.0 * d / (8.0 * area + np.sqrt(np.maximum(disc, 0.0))), np.inf)
+    root = np.where(np.isnan(root), np.inf, root)  # 0 / 0: area = 0 and c = 0, nothing to fit
+    k = np.clip(root, 0.0, float(softness))
+    return np.where(d < 0, 0.0, k)
 
 
 def trapezoid_shapes(r: Tensor, softness: Tensor, centre: Tensor, circle: Tensor, h: int, w: int) -> Tensor:
