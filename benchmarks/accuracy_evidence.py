@@ -9,6 +9,9 @@ per-seed values, the ECE and the seconds per training iteration, as a Markdown t
     python benchmarks/accuracy_evidence.py                              # all methods, seeds 0 1 2
     python benchmarks/accuracy_evidence.py --methods vanilla mixup --seeds 0 1 2 --jobs 2 --threads 1
     python benchmarks/accuracy_evidence.py --report-only                # aggregate what is there
+    # what docs/results.md reports: issue-4 methods first (the long AutoMix run beside the short ones)
+    python benchmarks/accuracy_evidence.py --jobs 2 --threads 1 --eval-interval 20 \
+        --methods automix vanilla mixup cutmix / samix decoupled_mixup samix_p
 
 Runs are resumable: a finished run (``summary.json`` for the requested epochs) is skipped, an
 interrupted one continues from its last checkpoint (``resume=true``). ``samix_p`` needs the Mixer of
@@ -133,7 +136,9 @@ def plot(rows: List[Dict], path: Path, epochs: int) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                   help='configs/fashion_mnist/<method>.yaml; "/" separates priority groups, e.g. '
+                        '"automix vanilla / samix decoupled_mixup samix_p" (put long runs first in a group)')
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--eval-interval", type=int, default=10, help="epochs between test evaluations "
@@ -144,6 +149,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "evidence")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
+    groups, current = [], []
+    for m in args.methods + ["/"]:
+        if m == "/":
+            groups, current = groups + ([current] if current else []), []
+        else:
+            current.append(m)
+    args.methods = [m for g in groups for m in g]
     for m in args.methods:
         if not (ROOT / "configs" / "fashion_mnist" / f"{m}.yaml").is_file():
             p.error(f"--methods: no config configs/fashion_mnist/{m}.yaml")
@@ -151,9 +163,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--jobs and --threads must be >= 1")
     args.out = args.out.resolve()
     if not args.report_only:
-        # seed-major order: every method gets its first seed before any gets its third; samix_p runs
-        # last (each waits for the SAMix run of its seed, whose Mixer it reads)
-        todo = [(m, s) for s in args.seeds for m in args.methods if m != "samix_p"]
+        # priority groups (separated by "/") in order; inside a group, seed-major: every method gets
+        # its first seed before any gets its third. samix_p runs last (each waits for the SAMix run
+        # of its seed, whose Mixer it reads).
+        todo = [(m, s) for group in groups for s in args.seeds for m in group if m != "samix_p"]
         todo += [(m, s) for s in args.seeds for m in args.methods if m == "samix_p"]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             pending = {}
