@@ -493,3 +493,23 @@ def test_overhead_benchmark_script_runs(tmp_path):
     assert set(steps) == {"vanilla", "mixup", "samix_p"} and steps["vanilla"]["ratio_to_vanilla"] == 1.0
     assert {r["name"] for r in rows if r["kind"] == "mix_only"} == {"mixup", "samix_p"}
     assert all(r["median_s"] > 0 and r["q1_s"] <= r["median_s"] <= r["q3_s"] for r in rows)
+
+
+def test_config_binds_the_pretrained_mixer_to_the_data_and_refuses_stray_options(samix_run, tmp_path):
+    from samix.data import dataset_info
+    from samix.engine.config import ConfigError, load_config
+    from samix.engine.trainer import build_algorithm_from_config
+
+    _, _, out = samix_run
+    build = lambda cfg, name: build_algorithm_from_config(  # noqa: E731
+        cfg, dataset_info(name), torch.device("cpu"), torch.Generator().manual_seed(0))
+    # no mixer.dataset in the config: the engine binds the file to data.name itself
+    algo = build(load_config(None, TINY + ["mixer.name=samix_p", f"mixer.pretrained={out}"]), "fashion_mnist")
+    assert algo.mixer._bound
+    # ... so a file trained on 1-channel Fashion-MNIST is refused for 3-channel CIFAR-10 at build time
+    with pytest.raises(ValueError, match="in_chans"):
+        build(load_config(None, TINY + ["data.name=cifar10", "mixer.name=samix_p", f"mixer.pretrained={out}"]),
+              "cifar10")
+    # a mixer option without a mixer is a config error, not silently ignored
+    with pytest.raises(ConfigError, match=r"mixer\.pretrained.*mixer\.name"):
+        build(load_config(None, TINY + [f"mixer.pretrained={out}"]), "fashion_mnist")

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as D
 from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .config import save_config, section_options
+from .config import ConfigError, save_config, section_options
 from .optim import build_optimizer, set_lr
 
 log = logging.getLogger("samix")
@@ -126,9 +126,18 @@ def build_algorithm_from_config(cfg: DictConfig, info, device: torch.device, gen
     model = build_model(cfg.model.name, num_classes=info.num_classes, in_chans=in_chans,
                         width=float(cfg.model.width), **model_kwargs)
     mixer = None
-    if cfg.mixer.name != "none":
-        mixer = build_mixer(cfg.mixer.name, num_classes=info.num_classes, generator=generator,
-                            **section_options(cfg.mixer))
+    mixer_options = section_options(cfg.mixer)
+    if cfg.mixer.name == "none":
+        stray = sorted(set(mixer_options) - {"alpha", "prob", "mode"})
+        if stray:
+            raise ConfigError(f"mixer.{stray[0]} is set but mixer.name is 'none' (no mixing): set mixer.name "
+                              f"(e.g. mixer.name=samix_p for mixer.pretrained) or drop "
+                              f"{', '.join('mixer.' + k for k in stray)}")
+    else:
+        mixer = build_mixer(cfg.mixer.name, num_classes=info.num_classes, generator=generator, **mixer_options)
+        if hasattr(mixer, "bind_data") and "dataset" not in mixer_options:
+            # a pre-trained mixer (samix_p) checks its file against the run's data and re-normalises
+            mixer.bind_data(dataset=cfg.data.name, image_size=cfg.data.get("image_size"))
     loss_kwargs = OmegaConf.to_container(cfg.loss.kwargs, resolve=True) or {}
     loss_fn = build_loss(cfg.loss.name, label_smoothing=float(cfg.loss.label_smoothing), **loss_kwargs)
     algo = build_algorithm(cfg.algorithm.name, model=model, num_classes=info.num_classes, mixer=mixer,
