@@ -45,10 +45,25 @@ def _finished(d: Path, epochs: int) -> bool:
     return p.is_file() and json.loads(p.read_text()).get("epochs") == epochs
 
 
+def _live_trainer(d: Path) -> bool:
+    """Whether a live process (Linux /proc) is training into run directory ``d``."""
+    needle = f"out_dir={d}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in args:
+            return True
+    return False
+
+
 def _train(method: str, seed: int, args, wait_for=None) -> Dict:
     if wait_for is not None:  # samix_p: the SAMix run whose Mixer it reads
         wait_for.result()
     d = run_dir(args.out, method, seed)
+    while _live_trainer(d):  # a run of an earlier (interrupted) invocation still going: let it end
+        time.sleep(30)
     if _finished(d, args.epochs):
         return {"method": method, "seed": seed, "status": "done before"}
     cmd = [sys.executable, "-m", "samix.cli", "train", str(ROOT / "configs" / "fashion_mnist" / f"{method}.yaml"),
@@ -164,10 +179,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.out = args.out.resolve()
     if not args.report_only:
         # priority groups (separated by "/") in order; inside a group, seed-major: every method gets
-        # its first seed before any gets its third. samix_p runs last (each waits for the SAMix run
-        # of its seed, whose Mixer it reads).
+        # its first seed before any gets its third. samix_p waits for the SAMix run of its seed,
+        # whose Mixer it reads.
         todo = [(m, s) for group in groups for s in args.seeds for m in group if m != "samix_p"]
-        todo += [(m, s) for s in args.seeds for m in args.methods if m == "samix_p"]
+        if "samix_p" in args.methods:
+            # SAMix-P of seed s right after the SAMix run of the next seed is queued (by then the
+            # Mixer of seed s is about ready, and no worker idles long waiting for it)
+            for k, s in enumerate(args.seeds):
+                later = [todo.index(("samix", t)) for t in args.seeds[k + 1:] if ("samix", t) in todo]
+                todo.insert(later[0] + 1 if later else len(todo), ("samix_p", s))
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             pending = {}
             for m, s in todo:
