@@ -231,3 +231,37 @@ def test_tiny_training_run_writes_mask_figures(tmp_path):
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["gamma"] <= 1.0 and r["loss_gen_cls"] > 0 for r in rows)
     assert summary["epochs"] == 2
+
+
+def test_mask_comparison_of_two_runs_uses_the_same_pairs(tmp_path):
+    """``samix show RUN_A RUN_B``: both runs' masks on the same test pairs, each equal to what that
+    run's generator gives for those images; a run without a generator is refused by name."""
+    import numpy as np
+    from PIL import Image
+
+    from samix.cli import main
+    from samix.engine.evaluate_run import compare_masks, load_run
+    from samix.engine.trainer import train
+
+    root = make_fashion_mnist(tmp_path / "data", n_train=40, n_test=20)
+    base = ["data.name=fashion_mnist", f"data.root={root}", "model.name=convnet", "model.width=0.25",
+            "batch_size=20", "epochs=1", "optim.lr=0.05", "threads=1", "log_interval=1000", "eval.median_last=1"]
+    runs = {}
+    for algo in ("automix", "samix", "supervised"):
+        runs[algo] = tmp_path / algo
+        train(load_config(None, base + [f"algorithm.name={algo}", f"name=fm_{algo}", f"out_dir={runs[algo]}"]))
+    out = tmp_path / "cmp.png"
+    path, images, masks = compare_masks([runs["automix"], runs["samix"]], str(out), pairs=3)
+    assert images.shape[0] == 6 and set(masks) == {"fm_automix", "fm_samix"}
+    for name, d in (("fm_automix", runs["automix"]), ("fm_samix", runs["samix"])):
+        _, _, algo, _ = load_run(d)
+        assert masks[name].shape == (7, 3, 1, 28, 28)
+        torch.testing.assert_close(masks[name], algo.masks_for(images, [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]))
+    assert not torch.equal(masks["fm_automix"], masks["fm_samix"])  # two different generators
+    png = np.asarray(Image.open(path))
+    assert min(png.shape[:2]) > 200 and png.std() > 10  # a grid with content, not blank
+    with pytest.raises(ValueError, match="supervised"):
+        compare_masks([runs["automix"], runs["supervised"]], str(tmp_path / "x.png"))
+    assert main(["show", str(runs["automix"]), str(runs["samix"]), "--out", str(tmp_path / "cli.png"),
+                 "--pairs", "2"]) == 0
+    assert (tmp_path / "cli.png").is_file()

@@ -38,10 +38,14 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    if args.run_dir:
+    if len(args.run_dir) > 1:
+        from samix.engine.evaluate_run import compare_masks
+
+        path = compare_masks(args.run_dir, out=args.out or "masks_compare.png", pairs=args.pairs)[0]
+    elif args.run_dir:
         from samix.engine.evaluate_run import show_run
 
-        path = show_run(args.run_dir, out=args.out)
+        path = show_run(args.run_dir[0], out=args.out)
     else:
         from samix.viz import mixing_grid
 
@@ -146,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=int, default=None, help="test images used for the corruption benchmark")
     e.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("show", help="PNG of mixed samples (all policies), or a run's learned masks")
-    s.add_argument("run_dir", nargs="?", default=None)
+    s = sub.add_parser("show", help="PNG of mixed samples (all policies), a run's learned masks, or "
+                                    "several runs' masks on the same pairs")
+    s.add_argument("run_dir", nargs="*", default=[],
+                   help="none: every policy on photos; one run: its learned masks; several automix/samix "
+                        "runs: their masks side by side on the same test pairs")
     s.add_argument("--out", default=None, help="output PNG path")
+    s.add_argument("--pairs", type=int, default=4, help="pairs in a mask comparison (several runs)")
     s.set_defaults(fn=_cmd_show)
 
     c = sub.add_parser("compare", help="table of several runs' summary.json")

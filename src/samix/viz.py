@@ -437,6 +437,64 @@ def save_mask_grid(path: PathLike, images: Tensor, masks: Tensor, lams: Sequence
     return path
 
 
+def save_mask_comparison(path: PathLike, images: Tensor, masks_by_run: "dict[str, Tensor]",
+                         lams: Sequence[float], title: Optional[str] = None, dpi: float = 100,
+                         cell_inches: float = 1.0) -> Path:
+    """PNG comparing the learned masks of several runs on the SAME pairs: per pair, the pair
+    (``A`` on top, ``B`` below) in the first column and one row of masks per run (named on the left),
+    one column per ``lam``, each mask annotated with its mean. ``masks_by_run``: run name ->
+    ``[L, P, 1, H, W]`` as :func:`save_mask_grid` takes them (weight of ``A``)."""
+    path = _check_path(path)
+    lam_arr = _check_lams(lams)
+    if not masks_by_run:
+        raise ValueError("masks_by_run must name at least one run")
+    cells = {name: mask_grid_cells(images, m) for name, m in masks_by_run.items()}
+    a, b = next(iter(cells.values()))[:2]
+    n_pairs, n_lam, n_runs = a.shape[0], lam_arr.size, len(cells)
+    for name, (_, _, m, _) in cells.items():
+        if m.shape[0] != n_lam or m.shape[1] != n_pairs:
+            raise ValueError(f"masks of run {name!r} must be [L={n_lam}, P={n_pairs}, 1, H, W], got {tuple(m.shape)}")
+    per_pair = max(2, n_runs)
+    rows, cols = n_pairs * per_pair, n_lam + 1
+    top = 0.45 + (0.3 if title else 0.0)
+    left = 1.3
+    fig = _new_figure(cols * cell_inches + left, rows * cell_inches + top, dpi)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    fig.subplots_adjust(left=left / (cols * cell_inches + left), right=0.995, bottom=0.01,
+                        top=1.0 - top / (rows * cell_inches + top), wspace=0.04, hspace=0.06)
+    gray = a.shape[1] == 1
+    box = dict(facecolor="black", alpha=0.6, pad=1.2, linewidth=0)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for k in range(n_pairs):
+        for r, (label, img) in enumerate((("A", a[k]), ("B", b[k]))):
+            ax = axes[k * per_pair + r, 0]
+            ax.axis("on")
+            ax.imshow(_to_hwc(img), cmap="gray" if gray else None, vmin=0, vmax=1)
+            ax.text(0.04, 0.05, label, transform=ax.transAxes, fontsize=8, color="white", weight="bold",
+                    va="bottom", bbox=box)
+        for r, (name, (_, _, m, _)) in enumerate(cells.items()):
+            row = k * per_pair + r
+            # the run's name in the left margin of its row (the first column holds the pair's images)
+            axes[row, 0].axis("on")
+            axes[row, 0].set_ylabel(f"{name}\npair {k}", fontsize=8, rotation=0, ha="right", va="center")
+            for c in range(n_lam):
+                ax = axes[row, c + 1]
+                ax.axis("on")
+                ax.imshow(m[c, k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.text(0.04, 0.05, f"λ̂={float(m[c, k].mean()):.2f}", transform=ax.transAxes, fontsize=7,
+                        color="white", va="bottom", bbox=box)
+    for c in range(n_lam):
+        axes[0, c + 1].set_title(f"λ={lam_arr[c]:g}", fontsize=9)
+    axes[0, 0].set_title("pair", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.12 / (rows * cell_inches + top))
+    _save_png(fig, path, dpi)
+    return path
+
+
 # --------------------------------------------------------------------------- generic helpers
 def save_image_grid(path: PathLike, images, nrow: int, titles: Optional[Sequence[str]] = None,
                     dpi: float = 100, cell_inches: float = 1.5) -> Path:

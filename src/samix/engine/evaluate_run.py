@@ -76,3 +76,36 @@ def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
 
         path = mixing_grid(out or str(Path(run_dir) / "mixing_grid.png"))
     return str(path)
+
+
+def compare_masks(run_dirs, out: str, pairs: int = 4, lams=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)):
+    """One PNG with the learned masks of several runs (AutoMix, SAMix, ...) on the same test pairs.
+
+    Every run must be of an algorithm with a mask generator (``masks_for``) and all runs must use the
+    same dataset (the first ``2 * pairs`` test images of the first run are used for every run).
+    Returns ``(path, images, {run name: masks [L, P, 1, H, W]})``.
+    """
+    from samix.viz import save_mask_comparison
+
+    if len(run_dirs) < 1:
+        raise ValueError("compare_masks needs at least one run directory")
+    images = None
+    masks, dataset = {}, None
+    for d in run_dirs:
+        cfg, _, algo, test_loader = load_run(d)
+        if not hasattr(algo, "masks_for"):
+            raise ValueError(f"{d}: algorithm {cfg.algorithm.name!r} learns no masks (only automix/samix runs "
+                             f"can be compared)")
+        if dataset is None:
+            dataset = cfg.data.name
+            images = next(iter(test_loader))[0][: 2 * pairs]
+        elif cfg.data.name != dataset:
+            raise ValueError(f"{d}: data.name={cfg.data.name!r}, but the first run used {dataset!r}: "
+                             "masks can be compared only on the same pairs")
+        name = str(cfg.name or Path(d).name)
+        if name in masks:
+            name = f"{name} ({Path(d).name})"
+        masks[name] = algo.masks_for(images, list(lams))
+    path = save_mask_comparison(out, images, masks, list(lams),
+                                title=f"learned masks on the same {images.shape[0] // 2} test pairs")
+    return path, images, masks
