@@ -390,6 +390,37 @@ def mask_grid_cells(images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tens
     return a, b, m, mixed
 
 
+_LABEL_BOX = dict(facecolor="black", alpha=0.6, pad=1.2, linewidth=0)
+
+
+def _cell_figure(rows: int, cols: int, cell_inches: float, dpi: float, title: Optional[str], left: float,
+                 hspace: float = 0.04):
+    """A figure of ``rows x cols`` square image cells without ticks; ``left`` inches of margin."""
+    top = 0.45 + (0.3 if title else 0.0)
+    fig = _new_figure(cols * cell_inches + left, rows * cell_inches + top, dpi)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    fig.subplots_adjust(left=left / (cols * cell_inches + left), right=0.995, bottom=0.01,
+                        top=1.0 - top / (rows * cell_inches + top), wspace=0.04, hspace=hspace)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.12 / (rows * cell_inches + top))
+    return fig, axes
+
+
+def _image_cell(ax, image: Tensor, label: str) -> None:
+    ax.imshow(_to_hwc(image), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+    ax.text(0.04, 0.05, label, transform=ax.transAxes, fontsize=8, color="white", weight="bold",
+            va="bottom", bbox=_LABEL_BOX)
+
+
+def _mask_cell(ax, mask: Tensor) -> None:
+    ax.imshow(mask[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.text(0.04, 0.05, f"λ̂={float(mask.mean()):.2f}", transform=ax.transAxes, fontsize=7,
+            color="white", va="bottom", bbox=_LABEL_BOX)
+
+
 def save_mask_grid(path: PathLike, images: Tensor, masks: Tensor, lams: Sequence[float],
                    title: Optional[str] = None, dpi: float = 100, cell_inches: float = 1.1) -> Path:
     """PNG of learned masks: two rows per pair (the mix, then the mask), one column per ``lam``.
@@ -404,35 +435,18 @@ def save_mask_grid(path: PathLike, images: Tensor, masks: Tensor, lams: Sequence
     if lam_arr.size != m.shape[0]:
         raise ValueError(f"lams must have one value per mask set ({m.shape[0]}), got {lam_arr.size}")
     n_pairs, n_lam = a.shape[0], lam_arr.size
-    rows, cols = 2 * n_pairs, n_lam + 1
-    top = 0.45 + (0.3 if title else 0.0)
-    fig = _new_figure(cols * cell_inches + 0.3, rows * cell_inches + top, dpi)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    fig.subplots_adjust(left=0.3 / (cols * cell_inches + 0.3), right=0.995, bottom=0.01,
-                        top=1.0 - top / (rows * cell_inches + top), wspace=0.04, hspace=0.04)
+    fig, axes = _cell_figure(2 * n_pairs, n_lam + 1, cell_inches, dpi, title, left=0.3)
     gray = a.shape[1] == 1
-    box = dict(facecolor="black", alpha=0.6, pad=1.2, linewidth=0)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
     for k in range(n_pairs):
-        for r, (label, img) in enumerate((("A", a[k]), ("B", b[k]))):
-            ax = axes[2 * k + r, 0]
-            ax.imshow(_to_hwc(img), cmap="gray" if gray else None, vmin=0, vmax=1)
-            ax.text(0.04, 0.05, label, transform=ax.transAxes, fontsize=8, color="white", weight="bold",
-                    va="bottom", bbox=box)
+        _image_cell(axes[2 * k, 0], a[k], "A")
+        _image_cell(axes[2 * k + 1, 0], b[k], "B")
         axes[2 * k, 0].set_ylabel(f"pair {k}", fontsize=8)
         for c in range(n_lam):
             axes[2 * k, c + 1].imshow(_to_hwc(mixed[c, k]), cmap="gray" if gray else None, vmin=0, vmax=1)
-            ax = axes[2 * k + 1, c + 1]
-            ax.imshow(m[c, k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.text(0.04, 0.05, f"λ̂={float(m[c, k].mean()):.2f}", transform=ax.transAxes, fontsize=7,
-                    color="white", va="bottom", bbox=box)
+            _mask_cell(axes[2 * k + 1, c + 1], m[c, k])
             if k == 0:
                 axes[0, c + 1].set_title(f"λ={lam_arr[c]:g}", fontsize=9)
     axes[0, 0].set_title("pair", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.0 - 0.12 / (rows * cell_inches + top))
     _save_png(fig, path, dpi)
     return path
 
@@ -455,42 +469,24 @@ def save_mask_comparison(path: PathLike, images: Tensor, masks_by_run: "dict[str
         if m.shape[0] != n_lam or m.shape[1] != n_pairs:
             raise ValueError(f"masks of run {name!r} must be [L={n_lam}, P={n_pairs}, 1, H, W], got {tuple(m.shape)}")
     per_pair = max(2, n_runs)
-    rows, cols = n_pairs * per_pair, n_lam + 1
-    top = 0.45 + (0.3 if title else 0.0)
-    left = 1.3
-    fig = _new_figure(cols * cell_inches + left, rows * cell_inches + top, dpi)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    fig.subplots_adjust(left=left / (cols * cell_inches + left), right=0.995, bottom=0.01,
-                        top=1.0 - top / (rows * cell_inches + top), wspace=0.04, hspace=0.06)
-    gray = a.shape[1] == 1
-    box = dict(facecolor="black", alpha=0.6, pad=1.2, linewidth=0)
+    fig, axes = _cell_figure(n_pairs * per_pair, n_lam + 1, cell_inches, dpi, title, left=1.3, hspace=0.06)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
         ax.axis("off")
     for k in range(n_pairs):
         for r, (label, img) in enumerate((("A", a[k]), ("B", b[k]))):
-            ax = axes[k * per_pair + r, 0]
-            ax.axis("on")
-            ax.imshow(_to_hwc(img), cmap="gray" if gray else None, vmin=0, vmax=1)
-            ax.text(0.04, 0.05, label, transform=ax.transAxes, fontsize=8, color="white", weight="bold",
-                    va="bottom", bbox=box)
+            axes[k * per_pair + r, 0].axis("on")
+            _image_cell(axes[k * per_pair + r, 0], img, label)
         for r, (name, (_, _, m, _)) in enumerate(cells.items()):
             row = k * per_pair + r
             # the run's name in the left margin of its row (the first column holds the pair's images)
             axes[row, 0].axis("on")
             axes[row, 0].set_ylabel(f"{name}\npair {k}", fontsize=8, rotation=0, ha="right", va="center")
             for c in range(n_lam):
-                ax = axes[row, c + 1]
-                ax.axis("on")
-                ax.imshow(m[c, k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-                ax.text(0.04, 0.05, f"λ̂={float(m[c, k].mean()):.2f}", transform=ax.transAxes, fontsize=7,
-                        color="white", va="bottom", bbox=box)
+                axes[row, c + 1].axis("on")
+                _mask_cell(axes[row, c + 1], m[c, k])
     for c in range(n_lam):
         axes[0, c + 1].set_title(f"λ={lam_arr[c]:g}", fontsize=9)
     axes[0, 0].set_title("pair", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1.0 - 0.12 / (rows * cell_inches + top))
     _save_png(fig, path, dpi)
     return path
 
