@@ -537,6 +537,8 @@ def test_bad_constructor_arguments():
         Mixer(4, attn_norm="l2")
     with pytest.raises(ValueError, match="lam_adjust_prob"):
         Mixer(4, lam_adjust_prob=1.5)
+    with pytest.raises(ValueError, match="gamma_init"):
+        Mixer(4, gamma_init=-0.5)
     with pytest.raises(TypeError, match="attention"):
         Mixer(4, attention="yes")
     with pytest.raises(ValueError, match="mixblock"):

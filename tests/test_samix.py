@@ -265,3 +265,10 @@ def test_mask_comparison_of_two_runs_uses_the_same_pairs(tmp_path):
     assert main(["show", str(runs["automix"]), str(runs["samix"]), "--out", str(tmp_path / "cli.png"),
                  "--pairs", "2"]) == 0
     assert (tmp_path / "cli.png").is_file()
+
+
+def test_gamma_init_option_reaches_the_mixer_and_is_checked():
+    assert _algo().mix_block.gamma == 0.0  # the paper's initialisation by default
+    assert _algo(gamma_init=1.0).mix_block.gamma == 1.0  # the CPU recipe's (the reference's multiplier)
+    with pytest.raises(ValueError, match="gamma_init"):
+        _algo(gamma_init=1.5)

@@ -47,7 +47,8 @@ class SAMix(AutoMix):
     """SAMix (see the module docstring). Options: those of :class:`AutoMix` (``upsample`` defaults to
     ``"bilinear"``) plus ``eta`` (0.5), ``gen_loss`` (``"eta_balanced"`` | ``"ce"``),
     ``variance_loss``, ``attention``, ``adaptive_lambda``, ``nonlinear_content``, ``lam_adjust``
-    (all True) and ``lam_adjust_prob`` (0.25, the 800-epoch CIFAR recipe; 0 in the Tiny recipe)."""
+    (all True), ``lam_adjust_prob`` (0.25, the 800-epoch CIFAR recipe; 0 in the Tiny recipe) and
+    ``gamma_init`` (0, the paper; 1 in the Fashion-MNIST CPU recipe, see :mod:`samix.generators.mixer`)."""
 
     DEFAULTS: Dict[str, Any] = {
         **AutoMix.DEFAULTS,
@@ -60,6 +61,7 @@ class SAMix(AutoMix):
         "nonlinear_content": True,
         "lam_adjust": True,
         "lam_adjust_prob": 0.25,
+        "gamma_init": 0.0,
     }
 
     def _check_options(self) -> None:
@@ -70,6 +72,7 @@ class SAMix(AutoMix):
         for name in ("variance_loss", "attention", "adaptive_lambda", "nonlinear_content", "lam_adjust"):
             _check_bool(name, o[name])
         _check_number("lam_adjust_prob", o["lam_adjust_prob"], 0.0, 1.0)
+        _check_number("gamma_init", o["gamma_init"], 0.0, 1.0)
 
     def build_generator(self, channels: int) -> nn.Module:
         from samix.generators import Mixer
@@ -77,12 +80,13 @@ class SAMix(AutoMix):
         o = self.options
         kwargs = dict(o["mix_block_kwargs"])
         clash = sorted(set(kwargs) & {"in_channels", "upsample", "attention", "adaptive_lambda",
-                                      "nonlinear_content", "lam_adjust", "lam_adjust_prob"})
+                                      "nonlinear_content", "lam_adjust", "lam_adjust_prob", "gamma_init"})
         if clash:
             raise ValueError(f"algorithm option mix_block_kwargs must not set {clash}: use the algorithm options")
         return Mixer(channels, upsample=o["upsample"], attention=o["attention"],
                      adaptive_lambda=o["adaptive_lambda"], nonlinear_content=o["nonlinear_content"],
-                     lam_adjust=o["lam_adjust"], lam_adjust_prob=float(o["lam_adjust_prob"]), **kwargs)
+                     lam_adjust=o["lam_adjust"], lam_adjust_prob=float(o["lam_adjust_prob"]),
+                     gamma_init=float(o["gamma_init"]), **kwargs)
 
     def generate(self, z: Tensor, lam: Tensor, index: Tensor, out_size):
         return self.mix_block(z, lam, index, out_size=out_size, generator=self.generator)
