@@ -54,8 +54,10 @@ and the sign of ``f`` gets no pressure from ``lam``, while the gradient reaching
 holds ``gamma`` at 0, and the mask stays blind to ``lam`` (measured on the real Fashion-MNIST SAMix
 run: ``gamma`` at 0.000 after 24 epochs, raw masks identical for lam 0 ... 1; on the toy
 mask-loss task with one lam per batch, stuck in 1 of 3 seeds). Starting at ``gamma_init = 1`` (the
-reference's multiplier, still learned within [0, 1]) avoids that saddle; the default stays the
-paper's 0.
+reference's multiplier, still learned within [0, 1]) avoids that saddle: in the same run, gamma
+stays near 1, the raw masks' mean error |mu - lam| falls to 0.09-0.11 by epoch 12 (0.19-0.26 with
+gamma_init = 0) and at epoch 10 their mean rises from about 0.2 to 0.7 as lam goes from 0 to 1 on
+fixed test pairs. The default stays the paper's 0.
 
 Where lambda enters the content module (a documented deviation from the letter of Eq. 9). The
 paper scales the *input* ``z_i`` by ``(1 + gamma * lam)`` before the content module
