@@ -280,3 +280,30 @@ def test_fine_grained_samix_row_starts_from_a_torchvision_checkpoint(tmp_path):
             assert torch.allclose(sd[k].float(), ref[name], atol=1e-6), k
     fc = [k for k in sd if k.endswith("net.fc.weight")]
     assert fc and all(sd[k].shape == (100, 512) for k in fc)
+
+
+# ------------------------------------------------------------------------------ loss.decoupled_eta
+@pytest.mark.parametrize("base", ["ce", "bce"])
+def test_decoupled_eta_turns_the_configured_loss_into_decoupled_mixup(tmp_path, fm_root, base):
+    from samix.data import dataset_info
+    from samix.engine.trainer import build_algorithm_from_config
+    from samix.losses import decoupled_mixup_loss
+
+    cfg = _cfg(tmp_path, fm_root, "mixer.name=cutmix", "mixer.alpha=0.2", f"loss.name={base}",
+               "loss.decoupled_eta=0.3", "loss.label_smoothing=0.1")
+    algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(8, 10, generator=g), torch.randint(0, 10, (8,), generator=g)
+    index, lam = torch.randperm(8, generator=g), 0.37
+    expected = decoupled_mixup_loss(logits, labels, lam, index, eta=0.3, loss=base, label_smoothing=0.1)
+    plain = decoupled_mixup_loss(logits, labels, lam, index, eta=0.0, loss=base, label_smoothing=0.1)
+    got = algo.loss_fn(logits, labels, lam, index)
+    assert torch.allclose(got, expected) and not torch.allclose(got, plain)
+
+
+def test_decoupled_eta_bad_values_name_the_key(tmp_path, fm_root):
+    with pytest.raises(ConfigError, match=r"loss.decoupled_eta.*> 0.*-1"):
+        _cfg(tmp_path, fm_root, "loss.decoupled_eta=-1")
+    with pytest.raises(ConfigError, match=r"loss.decoupled_eta.*'ce'.*'bce'.*pbce"):
+        _cfg(tmp_path, fm_root, "loss.name=pbce", "loss.decoupled_eta=0.1")

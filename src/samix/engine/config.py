@@ -11,7 +11,7 @@ Rules:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,7 +43,8 @@ DEFAULTS = {
     "model": {"name": "resnet18", "width": 1.0, "in_chans": None, "pretrained": None, "kwargs": {}},
     "mixer": {"name": "none", "alpha": 1.0, "prob": 1.0, "mode": "batch"},
     "algorithm": {"name": "supervised"},
-    "loss": {"name": "ce", "label_smoothing": 0.0, "kwargs": {}},
+    # decoupled_eta: Decoupled Mixup on top of loss.name ("ce" -> DM(CE), "bce" -> DM(BCE)), eta > 0
+    "loss": {"name": "ce", "label_smoothing": 0.0, "decoupled_eta": None, "kwargs": {}},
     "optim": {
         "name": "sgd",  # sgd | adamw | lamb
         "lr": 0.1,
@@ -144,6 +145,14 @@ def validate(cfg: DictConfig, source: str = "<config>") -> None:
         raise ConfigError(f"config key 'seed' in {source} must be an integer, got {cfg.seed!r}")
     if float(cfg.optim.lr) <= 0:
         raise ConfigError(f"config key 'optim.lr' in {source} must be > 0, got {cfg.optim.lr!r}")
+    eta = cfg.loss.get("decoupled_eta")
+    if eta is not None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 0:
+            raise ConfigError(f"config key 'loss.decoupled_eta' in {source} must be a number > 0 (or null: no "
+                              f"Decoupled Mixup), got {eta!r}")
+        if cfg.loss.name not in ("ce", "bce"):
+            raise ConfigError(f"config key 'loss.decoupled_eta' in {source} applies to loss.name 'ce' (DM(CE)) or "
+                              f"'bce' (DM(BCE)), got loss.name={cfg.loss.name!r}")
     # Registries: names must exist (imported lazily: config loading stays cheap).
     from samix.algorithms import list_algorithms
     from samix.mixing import list_mixers
@@ -169,6 +178,18 @@ def validate(cfg: DictConfig, source: str = "<config>") -> None:
             continue
         if value not in known:
             raise ConfigError(f"config key {key!r} in {source} must be one of {list(known)}, got {value!r}")
+
+
+def loss_spec(loss: DictConfig) -> Tuple[str, dict]:
+    """``(name, options)`` for :func:`samix.losses.build_loss` from the ``loss`` section:
+    ``loss.decoupled_eta`` turns ``ce`` / ``bce`` into Decoupled Mixup with that eta."""
+    options = OmegaConf.to_container(loss.kwargs, resolve=True) or {}
+    options["label_smoothing"] = float(loss.label_smoothing)
+    name = loss.name
+    if loss.get("decoupled_eta") is not None:
+        options.update(loss=name, eta=float(loss.decoupled_eta))
+        name = "decoupled"
+    return name, options
 
 
 def section_options(section: DictConfig, reserved: Iterable[str] = ("name",)) -> dict:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as D
 from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .config import ConfigError, save_config, section_options
+from .config import ConfigError, loss_spec, save_config, section_options
 from .optim import build_optimizer, set_lr
 
 log = logging.getLogger("samix")
@@ -138,8 +138,8 @@ def build_algorithm_from_config(cfg: DictConfig, info, device: torch.device, gen
         if hasattr(mixer, "bind_data") and "dataset" not in mixer_options:
             # a pre-trained mixer (samix_p) checks its file against the run's data and re-normalises
             mixer.bind_data(dataset=cfg.data.name, image_size=cfg.data.get("image_size"))
-    loss_kwargs = OmegaConf.to_container(cfg.loss.kwargs, resolve=True) or {}
-    loss_fn = build_loss(cfg.loss.name, label_smoothing=float(cfg.loss.label_smoothing), **loss_kwargs)
+    loss_name, loss_options = loss_spec(cfg.loss)
+    loss_fn = build_loss(loss_name, **loss_options)
     algo = build_algorithm(cfg.algorithm.name, model=model, num_classes=info.num_classes, mixer=mixer,
                            loss_fn=loss_fn, generator=generator, **section_options(cfg.algorithm))
     algo.to(device)
