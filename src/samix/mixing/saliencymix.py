@@ -46,9 +46,8 @@ _LUMA = (0.299, 0.587, 0.114)
 
 def _grey(images: Tensor) -> Tensor:
     x = images.to(torch.promote_types(images.dtype, torch.float32))
-    if x.shape[1] == 3:
-        weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * weights).sum(1)
+    if x.shape[1] == 3:  # two fused multiply-adds, no [B, 3, H, W] temporary
+        return x[:, 0].mul(_LUMA[0]).add_(x[:, 1], alpha=_LUMA[1]).add_(x[:, 2], alpha=_LUMA[2])
     return x.mean(1)
 
 
@@ -57,6 +56,13 @@ def spectral_residual_saliency(images: Tensor, size: int = 64) -> Tensor:
 
     The maps are computed at the downscaled resolution ``h x w`` (longer side
     at most ``size``); see the module docstring for the formula.
+
+    Computed with real FFTs and no complex ``abs``/``angle``/``polar`` (each of those is slower
+    than an FFT on the CPU): ``exp(R + iP) = exp(A - local) * F / |F| = F * exp(-local)`` (up to
+    the ``eps`` of the log), and since ``A`` is point-symmetric (``F`` of a real image is
+    Hermitian) so is its circular 3x3 average, so ``F * exp(-local)`` is Hermitian too: its inverse
+    transform is real, ``irfft2`` of the half spectrum, and ``|.|^2`` is its square. The full
+    ``A`` for the 3x3 average is rebuilt from the half spectrum by that symmetry.
     """
     grey = _grey(images)
     b, h, w = grey.shape
@@ -66,17 +72,26 @@ def spectral_residual_saliency(images: Tensor, size: int = 64) -> Tensor:
         grey = F.interpolate(grey.unsqueeze(1), size=(hs, ws), mode="bilinear", align_corners=False,
                              antialias=True).squeeze(1)
         h, w = hs, ws
-    spec = torch.fft.fft2(grey)
-    amp = spec.abs()
-    log_amp = torch.log(amp + 1e-8)
-    local = sum(torch.roll(log_amp, (dy, dx), dims=(1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
-    residual = log_amp - local
-    sal = torch.fft.ifft2(torch.polar(torch.exp(residual), torch.angle(spec))).abs() ** 2
+    half = w // 2 + 1
+    spec = torch.fft.rfft2(grey)  # [B, h, half]
+    ri = torch.view_as_real(spec)
+    log_amp = 0.5 * torch.log(ri.square().sum(-1) + 1e-16)  # log(|F| + ~eps)
+    if w > half:  # columns half..w-1 of the full spectrum: A[k1, k2] = A[-k1, w - k2]
+        rows = (-torch.arange(h, device=grey.device)) % h
+        cols = torch.arange(w - half, 0, -1, device=grey.device)
+        mirror = log_amp.index_select(1, rows).index_select(2, cols)
+        log_amp_full = torch.cat([log_amp, mirror], 2)
+    else:
+        log_amp_full = log_amp
+    # circular 3x3 average, separable: rows then columns (over the full spectrum), kept on the half
+    local = (log_amp_full + log_amp_full.roll(1, 1) + log_amp_full.roll(-1, 1))
+    local = (local + local.roll(1, 2) + local.roll(-1, 2))[..., :half] / 9.0
+    sal = torch.fft.irfft2(spec * torch.exp(-local), s=(h, w)).square()
     sigma = max(h, w) / 25.0
     fy = torch.fft.fftfreq(h, device=grey.device, dtype=grey.dtype)
-    fx = torch.fft.fftfreq(w, device=grey.device, dtype=grey.dtype)
+    fx = torch.fft.rfftfreq(w, device=grey.device, dtype=grey.dtype)
     gauss = torch.exp(-2.0 * math.pi ** 2 * sigma ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))
-    return torch.fft.ifft2(torch.fft.fft2(sal) * gauss).real
+    return torch.fft.irfft2(torch.fft.rfft2(sal) * gauss, s=(h, w))
 
 
 def saliency_peaks(images: Tensor, size: int = 64) -> Tensor:
