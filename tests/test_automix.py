@@ -333,10 +333,10 @@ def _toy_batch(g, b=16, s=16):
 
 
 def test_after_a_few_hundred_steps_the_mask_mean_tracks_lambda_and_depends_on_it():
-    """A tiny convnet (stage 2: a 4x4 map) on a 2-class 16x16 task, the full AutoMix step, 200 steps.
+    """A tiny convnet (stage 2: a 4x4 map) on a 2-class 16x16 task, the full AutoMix step, 300 steps.
 
     The mask loss is kept on with margin 0 (weight 1, not decayed) and the Mix Block gets Adam at
-    lr 0.1 (the backbone 0.01), so that 200 steps suffice; masks are then read in eval mode.
+    lr 0.1 (the backbone 0.01), so that 300 steps suffice; masks are then read in eval mode.
     """
     algo = _algo(classes=2, stage=2, momentum=0.99, mask_margin=0.0, mask_loss_weight=1.0,
                  mask_loss_weight_end=1.0)
@@ -347,7 +347,7 @@ def test_after_a_few_hundred_steps_the_mask_mean_tracks_lambda_and_depends_on_it
     x, y = _toy_batch(g, b=32)
     lams = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     mu0 = algo.masks_for(x, lams).mean((2, 3, 4))
-    steps = 200
+    steps = 300  # at 200 the error sat at the edge (< 0.1 on one CPU, 0.12 on another); at 300: 0.025
     for s in range(steps):
         xb, yb = _toy_batch(g)
         algo.set_progress(s, steps)
