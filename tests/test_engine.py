@@ -307,3 +307,32 @@ def test_decoupled_eta_bad_values_name_the_key(tmp_path, fm_root):
         _cfg(tmp_path, fm_root, "loss.decoupled_eta=-1")
     with pytest.raises(ConfigError, match=r"loss.decoupled_eta.*'ce'.*'bce'.*pbce"):
         _cfg(tmp_path, fm_root, "loss.name=pbce", "loss.decoupled_eta=0.1")
+    with pytest.raises(ConfigError, match=r"loss.decoupled_eta.*> 0.*inf"):
+        _cfg(tmp_path, fm_root, "loss.decoupled_eta=inf")
+    for clash in ("eta=0.9", "loss=bce"):  # never silently overridden
+        with pytest.raises(ConfigError, match=rf"loss.kwargs.{clash.split('=')[0]}.*conflicts"):
+            _cfg(tmp_path, fm_root, "loss.decoupled_eta=0.3", f"loss.kwargs.{clash}")
+    with pytest.raises(ConfigError, match=r"loss.kwargs.label_smoothing.*loss.label_smoothing"):
+        _cfg(tmp_path, fm_root, "loss.kwargs.label_smoothing=0.1")
+
+
+@pytest.mark.parametrize("base", ["ce", "bce"])
+def test_decoupled_mixup_trains_the_automix_student_not_its_mix_block(tmp_path, fm_root, base):
+    """With loss.decoupled_eta, AutoMix's student loss is DM; the Mix Block's objective stays the
+    base mixed loss (DM's term ignores lambda)."""
+    from samix.data import dataset_info
+    from samix.engine.trainer import build_algorithm_from_config
+    from samix.losses import build_loss, decoupled_mixup_loss
+
+    cfg = _cfg(tmp_path, fm_root, "algorithm.name=automix", f"loss.name={base}", "loss.decoupled_eta=0.5",
+               "loss.label_smoothing=0.1")
+    algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(2)
+    logits, labels = torch.randn(8, 10, generator=g), torch.randint(0, 10, (8,), generator=g)
+    index, lam = torch.randperm(8, generator=g), torch.full((8,), 0.3)
+    dm = decoupled_mixup_loss(logits, labels, lam, index, eta=0.5, loss=base, label_smoothing=0.1)
+    plain = build_loss(base, label_smoothing=0.1)(logits, labels, lam, index)
+    assert torch.allclose(algo.loss_fn(logits, labels, lam, index), dm)
+    assert torch.allclose(algo.generation_cls_loss(logits, labels, lam, index), plain)
+    assert not torch.allclose(dm, plain)

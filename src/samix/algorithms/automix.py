@@ -225,10 +225,32 @@ class AutoMix(Algorithm):
         fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
         return fn(mask_raw, lam, margin=float(o["mask_margin"]))
 
+    @property
+    def generator_loss_fn(self):
+        """The engine's mixed loss for the generator, without a Decoupled Mixup regulariser: DM
+        (``loss.decoupled_eta``) trains the student only. Its term asks both mixed classes to be
+        confident whatever λ is, which would pull the Mix Block away from masks that follow λ;
+        the generator gets DM's base loss (mixed CE, or mixed BCE for DM(BCE)) with its options."""
+        fn = self.loss_fn
+        if getattr(fn, "name", None) != "decoupled":
+            return fn
+        cached = getattr(self, "_generator_loss_cache", None)
+        if cached is None or cached[0] is not fn:
+            from samix.losses import build_loss
+
+            opts = dict(fn.options)
+            base = opts.pop("loss", "ce")
+            opts.pop("eta", None)
+            if base == "ce":
+                opts = {k: v for k, v in opts.items() if k not in ("target_threshold", "sum_classes")}
+            cached = (fn, build_loss(base, **opts))
+            self._generator_loss_cache = cached
+        return cached[1]
+
     def generation_cls_loss(self, logits: Tensor, labels: Tensor, lam: Tensor, index: Tensor) -> Tensor:
         """The generator's classification objective on the teacher's logits (AutoMix: the engine's
-        mixed loss, MCE for ``loss.name=ce``)."""
-        return self.loss_fn(logits, labels, lam, index)
+        mixed loss, MCE for ``loss.name=ce``; without DM's regulariser, see :attr:`generator_loss_fn`)."""
+        return self.generator_loss_fn(logits, labels, lam, index)
 
     def generation_loss(self, logits: Tensor, labels: Tensor, out) -> Dict[str, Tensor]:
         """``{"loss_gen_cls": ..., "loss_mask": w(t) * mask loss}`` for the generator's own sample

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
@@ -145,14 +146,21 @@ def validate(cfg: DictConfig, source: str = "<config>") -> None:
         raise ConfigError(f"config key 'seed' in {source} must be an integer, got {cfg.seed!r}")
     if float(cfg.optim.lr) <= 0:
         raise ConfigError(f"config key 'optim.lr' in {source} must be > 0, got {cfg.optim.lr!r}")
+    if "label_smoothing" in cfg.loss.kwargs:
+        raise ConfigError(f"config key 'loss.kwargs.label_smoothing' in {source}: set loss.label_smoothing instead "
+                          f"(got both places)")
     eta = cfg.loss.get("decoupled_eta")
     if eta is not None:
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 0:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta <= 0:
             raise ConfigError(f"config key 'loss.decoupled_eta' in {source} must be a number > 0 (or null: no "
                               f"Decoupled Mixup), got {eta!r}")
         if cfg.loss.name not in ("ce", "bce"):
             raise ConfigError(f"config key 'loss.decoupled_eta' in {source} applies to loss.name 'ce' (DM(CE)) or "
                               f"'bce' (DM(BCE)), got loss.name={cfg.loss.name!r}")
+        clash = sorted({"eta", "loss"} & set(cfg.loss.kwargs))
+        if clash:
+            raise ConfigError(f"config key 'loss.kwargs.{clash[0]}' in {source} conflicts with loss.decoupled_eta "
+                              f"(which sets eta and takes the base loss from loss.name); drop one of them")
     # Registries: names must exist (imported lazily: config loading stays cheap).
     from samix.algorithms import list_algorithms
     from samix.mixing import list_mixers
