@@ -230,22 +230,18 @@ class AutoMix(Algorithm):
         """The engine's mixed loss for the generator, without a Decoupled Mixup regulariser: DM
         (``loss.decoupled_eta``) trains the student only. Its term asks both mixed classes to be
         confident whatever λ is, which would pull the Mix Block away from masks that follow λ;
-        the generator gets DM's base loss (mixed CE, or mixed BCE for DM(BCE)) with its options."""
+        the generator gets DM's base loss (mixed CE, or mixed BCE for DM(BCE)) with its options
+        (``build_loss`` already refuses the BCE-only options with a CE base)."""
         fn = self.loss_fn
         if getattr(fn, "name", None) != "decoupled":
             return fn
-        cached = getattr(self, "_generator_loss_cache", None)
-        if cached is None or cached[0] is not fn:
+        if getattr(self, "_generator_loss_of", None) is not fn:  # built once per loss object
             from samix.losses import build_loss
 
-            opts = dict(fn.options)
-            base = opts.pop("loss", "ce")
-            opts.pop("eta", None)
-            if base == "ce":
-                opts = {k: v for k, v in opts.items() if k not in ("target_threshold", "sum_classes")}
-            cached = (fn, build_loss(base, **opts))
-            self._generator_loss_cache = cached
-        return cached[1]
+            opts = {k: v for k, v in fn.options.items() if k not in ("loss", "eta")}
+            self._generator_loss = build_loss(fn.options.get("loss", "ce"), **opts)
+            self._generator_loss_of = fn
+        return self._generator_loss
 
     def generation_cls_loss(self, logits: Tensor, labels: Tensor, lam: Tensor, index: Tensor) -> Tensor:
         """The generator's classification objective on the teacher's logits (AutoMix: the engine's
