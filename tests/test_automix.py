@@ -429,7 +429,9 @@ def test_shipped_automix_and_samix_configs_hold_valid_options():
             if cfg.algorithm.name in ("automix", "samix"):
                 learned.append((path, cfg))
     paper_rows = {"cifar100/automix_r18.yaml", "cifar100/automix_rx50.yaml", "cifar100/samix_r18.yaml",
-                  "cifar100/samix_rx50.yaml", "tiny_imagenet/automix_r18.yaml", "tiny_imagenet/samix_r18.yaml"}
+                  "cifar100/samix_rx50.yaml", "tiny_imagenet/automix_r18.yaml", "tiny_imagenet/samix_r18.yaml",
+                  "cifar100/automix_wrn28_8.yaml", "cifar100/samix_wrn28_8.yaml", "tiny_imagenet/automix_rx50.yaml",
+                  "tiny_imagenet/samix_rx50.yaml"}
     names = {str(p.relative_to(REPO / "configs")) for p, _ in learned}
     assert paper_rows | {"fashion_mnist/automix.yaml", "fashion_mnist/samix.yaml"} <= names
     for path, cfg in learned:

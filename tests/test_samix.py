@@ -272,3 +272,54 @@ def test_gamma_init_option_reaches_the_mixer_and_is_checked():
     assert _algo(gamma_init=1.0).mix_block.gamma == 1.0  # the CPU recipe's (the reference's multiplier)
     with pytest.raises(ValueError, match="gamma_init"):
         _algo(gamma_init=1.5)
+
+
+# ------------------------------------------------------------------------------ paper rows
+REPO = Path(__file__).resolve().parents[1]
+# every SAMix cell of samix.txt Tables 1-3: config -> (dataset, model, epochs, eta of A.3)
+SAMIX_ROWS = {
+    **{f"imagenet/samix_{m}{'_ep300' if ep == 300 else ''}.yaml": ("imagenet", model, ep, 0.1)
+       for ep, models in ((100, ("r18", "r34", "r50", "r101", "rx101")), (300, ("r18", "r34", "r50", "r101")))
+       for m in models
+       for model in [{"r18": "timm_resnet18", "r34": "timm:resnet34", "r50": "timm_resnet50",
+                      "r101": "timm:resnet101", "rx101": "timm:resnext101_32x4d"}[m]]},
+    "inat2017/samix_r50.yaml": ("inat2017", "timm_resnet50", 100, 0.1),
+    "inat2017/samix_rx101.yaml": ("inat2017", "timm:resnext101_32x4d", 100, 0.1),
+    "inat2018/samix_r50.yaml": ("inat2018", "timm_resnet50", 100, 0.1),
+    "inat2018/samix_rx101.yaml": ("inat2018", "timm:resnext101_32x4d", 100, 0.1),
+    "places205/samix_r18.yaml": ("places205", "timm_resnet18", 100, 0.1),
+    "places205/samix_r50.yaml": ("places205", "timm_resnet50", 100, 0.1),
+    "cifar100/samix_r18.yaml": ("cifar100", "resnet18", 800, 0.5),
+    "cifar100/samix_rx50.yaml": ("cifar100", "resnext50", 800, 0.5),
+    "cifar100/samix_wrn28_8.yaml": ("cifar100", "wrn28_8", 800, 0.5),
+    "tiny_imagenet/samix_r18.yaml": ("tiny_imagenet", "resnet18", 400, 0.5),
+    "tiny_imagenet/samix_rx50.yaml": ("tiny_imagenet", "resnext50", 400, 0.5),
+    "cub200/samix_r18.yaml": ("cub200", "timm_resnet18", 200, 0.5),
+    "cub200/samix_rx50.yaml": ("cub200", "timm:resnext50_32x4d", 200, 0.5),
+    "aircraft/samix_r18.yaml": ("aircraft", "timm_resnet18", 200, 0.5),
+    "aircraft/samix_rx50.yaml": ("aircraft", "timm:resnext50_32x4d", 200, 0.5),
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SAMIX_ROWS))
+def test_every_samix_cell_of_tables_1_to_3_has_a_config_with_the_a3_settings(rel):
+    """alpha 2, stage 3, bilinear, beta 0.1 -> 0 with the variance term, the eta-balanced loss with
+    eta 0.5 on small data sets and 0.1 on large ones (A.3), the dataset/backbone/epochs of the cell."""
+    dataset, model, epochs, eta = SAMIX_ROWS[rel]
+    cfg = load_config(REPO / "configs" / rel)
+    a = cfg.algorithm
+    assert (cfg.data.name, cfg.model.name, cfg.epochs) == (dataset, model, epochs)
+    assert a.name == "samix" and cfg.mixer.name == "none"
+    assert (a.alpha, a.stage, a.upsample, a.eta) == (2.0, 3, "bilinear", eta)
+    assert (a.mask_loss, a.mask_loss_weight, a.mask_loss_weight_end, a.mask_margin) == ("l1", 0.1, 0.0, 0.1)
+    assert a.variance_loss is True and a.get("gen_loss", "eta_balanced") == "eta_balanced"
+
+
+def test_samix_p_mixer_run_is_the_table_1_r18_row():
+    """The run whose Mixer every SAMix-P row reuses is the online SAMix IN-1k R-18 row, name aside."""
+    from omegaconf import OmegaConf
+
+    a = OmegaConf.to_container(load_config(REPO / "configs" / "imagenet" / "samix_p_mixer_r18.yaml"), resolve=True)
+    b = OmegaConf.to_container(load_config(REPO / "configs" / "imagenet" / "samix_r18.yaml"), resolve=True)
+    diff = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert diff == {"name", "out_dir"}
