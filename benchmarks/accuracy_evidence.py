@@ -111,14 +111,30 @@ def collect(out: Path, methods: List[str], seeds: List[int], epochs: int) -> Lis
     for r in rows:
         r["gain_vs_vanilla"] = r["top1_mean"] - base["top1_mean"] if base else None
         r["time_vs_vanilla"] = r["sec_per_iter"] / base["sec_per_iter"] if base else None
+        # a seed fixes the training subset, the initialisation and the data order for every method:
+        # the per-seed differences to vanilla are paired, and their spread is the one to judge a gain by
+        diffs = [] if base is None else paired_differences(r, base)
+        r["paired_seeds"] = len(diffs)
+        r["paired_gain_mean"] = statistics.mean(diffs) if diffs else None
+        r["paired_gain_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
     return rows
 
 
+def paired_differences(row: Dict, base: Dict) -> List[float]:
+    """``row``'s top-1 minus ``base``'s on every seed both have, in seed order."""
+    mine = dict(zip(row["seeds"], row["top1_per_seed"]))
+    theirs = dict(zip(base["seeds"], base["top1_per_seed"]))
+    return [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())]
+
+
 def markdown(rows: List[Dict], epochs: int) -> str:
-    lines = [f"| method | top-1 % (mean +- std) | vs vanilla | per seed | ECE % | s/iter | time vs vanilla |",
+    lines = [f"| method | top-1 % (mean +- std) | vs vanilla (paired by seed, mean +- std) | per seed | ECE % "
+             f"| s/iter | time vs vanilla |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         gain = "" if r["gain_vs_vanilla"] is None else f"{r['gain_vs_vanilla']:+.2f}"
+        if r.get("paired_gain_std") is not None and r["method"] != "vanilla":
+            gain = f"{r['paired_gain_mean']:+.2f} +- {r['paired_gain_std']:.2f}"
         tv = "" if r["time_vs_vanilla"] is None else f"{r['time_vs_vanilla']:.2f}x"
         ece = "" if r["ece_mean"] is None else f"{r['ece_mean']:.2f}"
         per = ", ".join(f"{v:.2f}" for v in r["top1_per_seed"])

@@ -172,3 +172,28 @@ def test_phase_timer_restores_what_it_wrapped():
     assert automix_mod._backward_now is orig
     for module in (algo.model, algo.teacher, algo.mix_block):
         assert "forward" not in vars(module) and "features" not in vars(module)
+
+
+# ------------------------------------------------------------------------------ accuracy evidence report
+def test_evidence_report_pairs_seeds_and_aggregates_only_finished_runs(tmp_path):
+    ev = _load("accuracy_evidence")
+    runs = {("vanilla", 0): 80.0, ("vanilla", 1): 82.0, ("vanilla", 2): 81.0,
+            ("mixup", 0): 81.0, ("mixup", 1): 84.0, ("mixup", 2): 82.5}
+    for (m, s), top1 in runs.items():
+        d = ev.run_dir(tmp_path, m, s)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"epochs": 80, "top1_median_last5": top1, "ece": 2.0 + s,
+                                                    "sec_per_iter": 0.1 * (1 + (m == "mixup"))}))
+    unfinished = ev.run_dir(tmp_path, "mixup", 3)  # a run of another length does not count
+    unfinished.mkdir(parents=True)
+    (unfinished / "summary.json").write_text(json.dumps({"epochs": 40, "top1_median_last5": 99.0, "ece": 0.0,
+                                                         "sec_per_iter": 1.0}))
+    rows = {r["method"]: r for r in ev.collect(tmp_path, ["vanilla", "mixup"], [0, 1, 2, 3], 80)}
+    mix = rows["mixup"]
+    assert mix["seeds"] == [0, 1, 2] and mix["top1_mean"] == pytest.approx(82.5)
+    assert mix["gain_vs_vanilla"] == pytest.approx(1.5) and mix["time_vs_vanilla"] == pytest.approx(2.0)
+    # paired differences 1.0, 2.0, 1.5: mean 1.5, sample std 0.5 (the unpaired std of mixup alone is 1.5)
+    assert mix["paired_gain_mean"] == pytest.approx(1.5) and mix["paired_gain_std"] == pytest.approx(0.5)
+    assert mix["top1_std"] == pytest.approx(1.5) and mix["ece_mean"] == pytest.approx(3.0)
+    md = ev.markdown(list(rows.values()), 80)
+    assert "| mixup | 82.50 +- 1.50 (n=3) | +1.50 +- 0.50 |" in md
