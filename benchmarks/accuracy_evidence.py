@@ -145,11 +145,14 @@ def markdown(rows: List[Dict], epochs: int) -> str:
 
 
 def plot(rows: List[Dict], path: Path, epochs: int) -> None:
+    """Left: top-1 per method (bar: mean, whisker: std, dots: seeds). Right: top-1 against the time per
+    iteration relative to vanilla, the trade-off a user chooses on."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(1.3 * len(rows) + 7, 4.2),
+                                  gridspec_kw={"width_ratios": [1.3 * len(rows) + 1, 5]})
     for i, r in enumerate(rows):
         ax.bar(i, r["top1_mean"], yerr=r["top1_std"], color="#9ecae1", edgecolor="#3182bd", capsize=4)
         ax.scatter([i] * len(r["top1_per_seed"]), r["top1_per_seed"], color="#08306b", s=14, zorder=3)
@@ -158,8 +161,21 @@ def plot(rows: List[Dict], path: Path, epochs: int) -> None:
     ax.set_ylim(lo - 1.0, hi + 0.6)
     ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=20)
     ax.set_ylabel("test top-1 % (median of last 5 epochs)")
-    ax.set_title(f"Fashion-MNIST, 2,000 images, {epochs} epochs: mean +- std over seeds (dots: seeds)")
+    ax.set_title(f"Fashion-MNIST, 2,000 images, {epochs} epochs: mean +- std over seeds (dots: seeds)",
+                 fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    timed = [r for r in rows if r.get("time_vs_vanilla") is not None]
+    for k, r in enumerate(timed):
+        ax2.errorbar(r["time_vs_vanilla"], r["top1_mean"], yerr=r["top1_std"], fmt="o", color="#3182bd",
+                     capsize=3)
+        ax2.annotate(r["method"], (r["time_vs_vanilla"], r["top1_mean"]), textcoords="offset points",
+                     xytext=(5, 4 if k % 2 == 0 else -11), fontsize=8)
+    ax2.set_xlabel("seconds per iteration / vanilla's (median over seeds)")
+    ax2.set_ylabel("test top-1 %")
+    ax2.set_title("accuracy against training cost", fontsize=10)
+    ax2.grid(alpha=0.3)
+    if not timed:
+        ax2.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

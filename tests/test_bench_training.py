@@ -197,3 +197,5 @@ def test_evidence_report_pairs_seeds_and_aggregates_only_finished_runs(tmp_path)
     assert mix["top1_std"] == pytest.approx(1.5) and mix["ece_mean"] == pytest.approx(3.0)
     md = ev.markdown(list(rows.values()), 80)
     assert "| mixup | 82.50 +- 1.50 (n=3) | +1.50 +- 0.50 |" in md
+    ev.plot(list(rows.values()), tmp_path / "evidence.png", 80)
+    assert (tmp_path / "evidence.png").stat().st_size > 10_000
