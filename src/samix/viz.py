@@ -454,10 +454,11 @@ def save_mask_grid(path: PathLike, images: Tensor, masks: Tensor, lams: Sequence
 def save_mask_comparison(path: PathLike, images: Tensor, masks_by_run: "dict[str, Tensor]",
                          lams: Sequence[float], title: Optional[str] = None, dpi: float = 100,
                          cell_inches: float = 1.0) -> Path:
-    """PNG comparing the learned masks of several runs on the SAME pairs: per pair, the pair
-    (``A`` on top, ``B`` below) in the first column and one row of masks per run (named on the left),
-    one column per ``lam``, each mask annotated with its mean. ``masks_by_run``: run name ->
-    ``[L, P, 1, H, W]`` as :func:`save_mask_grid` takes them (weight of ``A``)."""
+    """PNG comparing the learned masks of several runs on the SAME pairs: one row per run and pair,
+    the pair's images ``A`` and ``B`` in the first two columns of every row (so each row reads on its
+    own), the run's name on the left, then one mask per ``lam``, each annotated with its mean.
+    ``masks_by_run``: run name -> ``[L, P, 1, H, W]`` as :func:`save_mask_grid` takes them (weight of
+    ``A``)."""
     path = _check_path(path)
     lam_arr = _check_lams(lams)
     if not masks_by_run:
@@ -468,25 +469,19 @@ def save_mask_comparison(path: PathLike, images: Tensor, masks_by_run: "dict[str
     for name, (_, _, m, _) in cells.items():
         if m.shape[0] != n_lam or m.shape[1] != n_pairs:
             raise ValueError(f"masks of run {name!r} must be [L={n_lam}, P={n_pairs}, 1, H, W], got {tuple(m.shape)}")
-    per_pair = max(2, n_runs)
-    fig, axes = _cell_figure(n_pairs * per_pair, n_lam + 1, cell_inches, dpi, title, left=1.3, hspace=0.06)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _cell_figure(n_pairs * n_runs, n_lam + 2, cell_inches, dpi, title, left=1.3, hspace=0.06)
     for k in range(n_pairs):
-        for r, (label, img) in enumerate((("A", a[k]), ("B", b[k]))):
-            axes[k * per_pair + r, 0].axis("on")
-            _image_cell(axes[k * per_pair + r, 0], img, label)
-        for r, (name, (_, _, m, _)) in enumerate(cells.items()):
-            row = k * per_pair + r
-            # the run's name in the left margin of its row (the first column holds the pair's images)
-            axes[row, 0].axis("on")
+        for r, name in enumerate(cells):
+            row = k * n_runs + r
+            _image_cell(axes[row, 0], a[k], "A")
+            _image_cell(axes[row, 1], b[k], "B")
             axes[row, 0].set_ylabel(f"{name}\npair {k}", fontsize=8, rotation=0, ha="right", va="center")
             for c in range(n_lam):
-                axes[row, c + 1].axis("on")
-                _mask_cell(axes[row, c + 1], m[c, k])
+                _mask_cell(axes[row, c + 2], cells[name][2][c, k])
     for c in range(n_lam):
-        axes[0, c + 1].set_title(f"λ={lam_arr[c]:g}", fontsize=9)
-    axes[0, 0].set_title("pair", fontsize=9)
+        axes[0, c + 2].set_title(f"λ={lam_arr[c]:g}", fontsize=9)
+    axes[0, 0].set_title("A", fontsize=9)
+    axes[0, 1].set_title("B", fontsize=9)
     _save_png(fig, path, dpi)
     return path
 
