@@ -1,13 +1,11 @@
 """Shared machinery of the training benchmarks (``train_overhead.py``, ``automix_cost.py``).
 
 * :func:`build_candidate` builds an algorithm exactly as ``samix train`` does
-  (:func:`samix.engine.config.load_config` with ``key=value`` overrides, then
-  :func:`samix.engine.trainer.build_algorithm_from_config` and the engine's optimizer), with the
+  (:func:`samix.engine.assembly.build_for_benchmark` with ``key=value`` overrides, then the
+  engine's optimizer), with the
   same seed for every candidate, so all of them start from the same weights.
-* :class:`TrainStep` is one iteration of the engine's loop on a fixed synthetic batch (no
-  DataLoader, so data loading is not measured): lr schedule, ``set_progress``, forward under
-  autocast, ``zero_grad``, backward (GradScaler), optional gradient clipping, optimizer step,
-  ``on_train_step_end`` and the loss accumulation, in the order of ``samix.engine.trainer``.
+* :class:`TrainStep` is one iteration of the engine's own step (:class:`samix.engine.loop.Stepper`,
+  not a copy) on a fixed synthetic batch (no DataLoader, so data loading is not measured).
 * :func:`interleave` times candidates in interleaved rounds: after the warm-up rounds every round
   runs each candidate once, in a freshly shuffled order, so drifting load on a shared machine hits
   all of them alike. It records wall time (CUDA calls bracketed by ``torch.cuda.synchronize``) and
@@ -31,7 +29,6 @@ import gc
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -39,8 +36,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
+from samix.engine.loop import AMP_DTYPES  # noqa: F401 (the engine's precision table; scripts read it here)
 
 # --------------------------------------------------------------------------------------- building
 def resolve_device(name: str) -> torch.device:
@@ -57,20 +53,13 @@ def build_candidate(overrides: Sequence[str], num_classes: int, in_chans: int, d
     """``(cfg, algo, optimizer)`` built as the trainer builds them, from ``key=value`` overrides.
 
     ``num_classes``/``in_chans`` stand in for the dataset's :class:`~samix.data.DatasetInfo` (the only
-    fields ``build_algorithm_from_config`` reads). The global RNGs and the mixer's generator are
-    seeded with ``seed`` as in ``samix train``, so candidates built with the same model overrides
-    start from identical weights.
+    fields the assembly reads). The global RNGs and the run's generator are seeded with ``seed`` as in
+    ``samix train``, so candidates built with the same model overrides start from identical weights.
     """
-    from samix.engine.config import load_config
+    from samix.engine.assembly import build_for_benchmark
     from samix.engine.optim import build_optimizer
-    from samix.engine.trainer import build_algorithm_from_config, seed_everything
 
-    cfg = load_config(None, list(overrides))
-    info = SimpleNamespace(num_classes=int(num_classes), in_chans=int(in_chans))
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed * 1_000_003)
-    algo = build_algorithm_from_config(cfg, info, device, generator)
-    algo.train()
+    cfg, algo = build_for_benchmark(overrides, num_classes, in_chans, device, seed=seed)
     optimizer = build_optimizer(algo.param_groups(), cfg.optim, cfg.sched)
     return cfg, algo, optimizer
 
@@ -87,65 +76,41 @@ def synthetic_batch(batch: int, in_chans: int, size: int, num_classes: int, devi
 
 
 class TrainStep:
-    """One iteration of ``samix.engine.trainer``'s loop on a fixed batch (call it; returns the loss).
-
-    ``total_steps`` sets the horizon of the schedules (lr, momentum, mask-loss weight); the step
-    counter wraps around it.
+    """One iteration of the engine's loop (:class:`samix.engine.loop.Stepper`) on a fixed batch (call it;
+    returns the loss). ``total_steps`` sets the horizon of the schedules (lr, momentum, mask-loss weight);
+    the step counter wraps around it. ``forward``/``optimizer_step``/``accumulate`` are the engine's
+    pieces, for the phase breakdown of ``automix_cost.py``.
     """
 
     def __init__(self, cfg, algo, optimizer, images, labels, total_steps: int = 10_000) -> None:
-        from samix.engine.optim import set_lr
+        from samix.engine.loop import Stepper
 
-        self._set_lr = set_lr
         self.cfg, self.algo, self.optimizer = cfg, algo, optimizer
         self.images, self.labels = images, labels
-        self.total = int(total_steps)
+        self.stepper = Stepper(algo, algo, optimizer, cfg, images.device, int(total_steps))
+        self.scaler = self.stepper.scaler
         self.step = 0
-        dev = images.device
-        amp = AMP_DTYPES[cfg.precision]
-        if amp is torch.float16 and dev.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.autocast = (lambda: torch.autocast(dev.type, dtype=amp)) if amp else nullcontext
-        self.scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
-        self.grad_clip = cfg.optim.grad_clip
-        self.loss_sum = torch.zeros((), device=dev)
-        self.extra_sums: Dict[str, torch.Tensor] = {}
 
     def forward(self):
-        s = self.step % self.total
-        self._set_lr(self.optimizer, s, self.total, 0, self.cfg.sched)
-        self.algo.set_progress(s, self.total)
-        with self.autocast():
-            return self.algo(self.images, self.labels)
+        return self.stepper.forward((self.images, self.labels), self.step)
 
     def backward_and_step(self, out) -> torch.Tensor:
-        loss = out["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.optimizer_step()
-        self.accumulate(out)
+        loss = self.stepper.backward(out, self.step)
+        self.step += 1
         return loss
 
     def optimizer_step(self) -> None:
-        if self.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), float(self.grad_clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.stepper.optimizer_step()
 
     def accumulate(self, out) -> None:
-        self.algo.on_train_step_end()
-        self.loss_sum += out["loss"].detach().float()
-        for k, v in out.items():
-            if k != "loss" and torch.is_tensor(v):
-                self.extra_sums[k] = self.extra_sums.get(k, torch.zeros((), device=v.device)) + v.detach().float()
+        self.stepper.end_step(out)
         self.step += 1
 
     def __call__(self) -> torch.Tensor:
         return self.backward_and_step(self.forward())
 
     def mean_loss(self) -> float:
-        return float(self.loss_sum) / max(self.step, 1)
+        return float(self.stepper.loss_sum) / max(self.stepper.count, 1)
 
 
 # --------------------------------------------------------------------------------------- timing

@@ -216,10 +216,10 @@ class PhaseTimer:
             self._patch(teacher, "forward", lambda: "teacher fwd: generator's mixed")
         if gen is not None:
             self._patch(gen, "forward", lambda: "generator (2 masks, 1 call)")
-            import samix.algorithms.automix as automix_mod
+            import samix.algorithms.early_backward as early_backward
 
-            if hasattr(automix_mod, "_backward_now"):  # the backward through the teacher, inside forward
-                self._patch(automix_mod, "_backward_now", lambda: "bwd: teacher, inside forward")
+            # the backward through the teacher, inside forward
+            self._patch(early_backward, "backward_now", lambda: "bwd: teacher, inside forward")
 
     def _student_label(self) -> str:
         self.model_calls += 1

@@ -51,12 +51,12 @@ def _sync(device: torch.device) -> None:
 
 def write_random_mixer(path: Path, encoder: str, width: float, in_chans: int, size: int, stage: int) -> None:
     """A pre-trained-Mixer file with freshly initialised weights (for timing only)."""
-    from samix.generators import Mixer
-    from samix.generators.pretrained import save_pretrained_mixer
+    from samix.generators import SAMixGenerator
+    from samix.pretrained import save_pretrained_mixer
     from samix.models import build_model
 
     enc = build_model(encoder, num_classes=10, in_chans=in_chans, width=width).eval()
-    gen = Mixer(int(enc.stage_channels[stage - 1])).eval()
+    gen = SAMixGenerator(int(enc.stage_channels[stage - 1])).eval()
     save_pretrained_mixer(path, gen, enc, stage=stage, backbone=encoder, width=width, in_chans=in_chans,
                           input_size=size, mean=[0.5] * in_chans, std=[0.25] * in_chans, dataset="synthetic")
 
@@ -92,7 +92,7 @@ def train_steps(algo, opt, x, y, steps: int, device) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         algo.train()
-        loss = algo(x, y)["loss"]
+        loss = algo((x, y))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -71,7 +71,7 @@ def test_step_two_masks_lams_and_pairings_in_one_generator_call():
     x, y = _batch()
     b = x.shape[0]
     algo.set_progress(0, 10)
-    out = algo(x, y)
+    out = algo((x, y))
     assert len(rec["gen"]) == 1  # one batched generator call for both masks
     z, lam, index, g = rec["gen"][0]
     assert z.shape[0] == 2 * b and torch.equal(z[:b], z[b:])
@@ -109,7 +109,7 @@ def test_mixup_fallback_near_zero_or_one():
 
     algo._draw = draw
     x, y = _batch()
-    algo(x, y)
+    algo((x, y))
     torch.testing.assert_close(rec["student_in"][0], 0.03 * x + 0.97 * x.flip(0))
 
 
@@ -118,7 +118,7 @@ def test_student_sample_is_channels_last_and_carries_no_graph():
     rec = _capture(algo)
     x, y = _batch()
     x = x.contiguous(memory_format=torch.channels_last)
-    algo(x, y)
+    algo((x, y))
     x_s = rec["student_in"][0]
     assert x_s.is_contiguous(memory_format=torch.channels_last)
     assert not x_s.requires_grad and x_s.grad_fn is None  # no path back into the Mix Block
@@ -139,7 +139,7 @@ def test_mix_block_learns_only_from_the_generation_loss_and_student_only_from_it
     algo = _algo(mixup_fallback=0.0)
     x, y = _batch()
     algo.set_progress(0, 10)
-    out = algo(x, y)
+    out = algo((x, y))
     mb = list(algo.mix_block.parameters())
     student = list(algo.model.parameters())
     cls = out["loss_cls"] + out["loss_clean"]
@@ -157,7 +157,7 @@ def test_teacher_gets_no_gradient_and_follows_the_ema_exactly():
     for step in range(4):
         x, y = _batch(seed=step)
         algo.set_progress(step * 3, 10)  # p = 0, 0.3, 0.6, 0.9: held, then on the cosine curve
-        out = algo(x, y)
+        out = algo((x, y))
         opt.zero_grad()
         out["loss"].backward()
         assert all(p.grad is None and not p.requires_grad for p in algo.teacher.parameters())
@@ -208,7 +208,7 @@ def test_without_momentum_pipeline_the_student_is_its_own_teacher():
     algo = _algo(momentum_pipeline=False, mixup_fallback=0.0)
     assert algo.teacher is None
     x, y = _batch()
-    out = algo(x, y)
+    out = algo((x, y))
     gen = out["loss_gen_cls"] + out["loss_mask"]
     assert not _all_zero(_grads(gen, list(algo.model.parameters())))  # joint training (Table 6 ablation)
     assert not _all_zero(_grads(gen, list(algo.mix_block.parameters())))
@@ -226,7 +226,7 @@ def test_mask_loss_variants_margin_and_linear_weight(kind, fn):
     x, y = _batch()
     b = x.shape[0]
     algo.set_progress(5, 10)  # w = 0.4 + (0.1 - 0.4) * 0.5 = 0.25
-    out = algo(x, y)
+    out = algo((x, y))
     if fn is None:
         assert "loss_mask" not in out
         return
@@ -245,7 +245,7 @@ def test_ablation_switches_build_and_train_one_step(options):
     algo = _algo(**options)
     x, y = _batch()
     opt = torch.optim.SGD([p for g in algo.param_groups() for p in g["params"]], lr=0.1)
-    out = algo(x, y)
+    out = algo((x, y))
     assert torch.isfinite(out["loss"])
     assert ("loss_clean" in out) == options.get("clean_ce", True)
     opt.zero_grad()
@@ -351,7 +351,7 @@ def test_after_a_few_hundred_steps_the_mask_mean_tracks_lambda_and_depends_on_it
     for s in range(steps):
         xb, yb = _toy_batch(g)
         algo.set_progress(s, steps)
-        out = algo(xb, yb)
+        out = algo((xb, yb))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -385,17 +385,17 @@ def test_resumed_automix_run_equals_an_uninterrupted_one_and_writes_mask_figures
 
     full = trainer.train(cfg("full"))
     calls = {"n": 0}
-    orig = trainer._Progress.update
+    orig = trainer.Progress.update
 
     def crash(self, i, loss_fn):
         if self.desc.startswith("epoch 3/") and i == 1:
             raise KeyboardInterrupt("simulated kill")
         return orig(self, i, loss_fn)
 
-    monkeypatch.setattr(trainer._Progress, "update", crash)
+    monkeypatch.setattr(trainer.Progress, "update", crash)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg("cut"))
-    monkeypatch.setattr(trainer._Progress, "update", orig)
+    monkeypatch.setattr(trainer.Progress, "update", orig)
     assert ckpt_mod.load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 2
     resumed = trainer.train(cfg("cut", "resume=true"))
 
@@ -462,7 +462,7 @@ def test_bf16_autocast_step_is_finite_and_trains_the_generator(name):
     algo = _algo(name, mixup_fallback=0.0)
     x, y = _batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = algo(x, y)
+        out = algo((x, y))
     assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss"))
     out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in algo.mix_block.parameters())
@@ -479,7 +479,7 @@ def test_cuda_fp16_channels_last_step(name):
     scaler = torch.amp.GradScaler("cuda")
     opt = torch.optim.SGD([p for g in algo.param_groups() for p in g["params"]], lr=0.1)
     with torch.autocast("cuda", dtype=torch.float16):
-        out = algo(x, y)
+        out = algo((x, y))
     scaler.scale(out["loss"]).backward()
     scaler.step(opt)
     scaler.update()

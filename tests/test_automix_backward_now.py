@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import samix.algorithms.automix as automix_mod
+import samix.algorithms.early_backward as early_backward
 from samix.algorithms import build_algorithm
-from samix.algorithms.automix import AutoMix, _backward_now
+from samix.algorithms.automix import AutoMix
+from samix.algorithms.early_backward import backward_now as _backward_now
 from samix.models import build_model
 
 HYP = settings(max_examples=10, deadline=None)
@@ -31,10 +32,10 @@ def _step(algo, seed=0, b=8, s=16, autocast=None):
     algo.set_progress(1, 10)
     algo.zero_grad(set_to_none=True)
     if autocast is None:
-        out = algo(x, y)
+        out = algo((x, y))
     else:
         with torch.autocast("cpu", dtype=autocast):
-            out = algo(x, y)
+            out = algo((x, y))
     out["loss"].backward()
     return ({k: v.detach() for k, v in out.items()},
             {n: p.grad.clone() for n, p in algo.named_parameters() if p.grad is not None})
@@ -95,7 +96,7 @@ def test_teacher_activations_are_freed_before_the_students_passes(monkeypatch):
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 5, (32,), generator=g)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            algo(x, y)["loss"].backward()
+            algo((x, y))["loss"].backward()
         cur = top = 0
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         for e in sorted(events, key=lambda e: e.start_ns()):
@@ -128,8 +129,8 @@ def test_backward_now_keeps_the_value_and_the_upstream_gradient_and_frees_the_gr
 
 def test_engine_step_uses_it(monkeypatch):
     calls = []
-    orig = automix_mod._backward_now
-    monkeypatch.setattr(automix_mod, "_backward_now", lambda loss, x: calls.append(1) or orig(loss, x))
+    orig = early_backward.backward_now
+    monkeypatch.setattr(early_backward, "backward_now", lambda loss, x: calls.append(1) or orig(loss, x))
     _step(_algo())
     _step(_algo(momentum_pipeline=False))
     assert calls == [1]

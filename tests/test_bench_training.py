@@ -85,7 +85,7 @@ def test_train_step_is_one_optimizer_step_of_the_engine():
     cfg, algo, opt = tb.build_candidate(ov, 10, 1, CPU)
     x, y = tb.synthetic_batch(4, 1, 28, 10, CPU)
     before = {k: v.clone() for k, v in algo.model.named_parameters()}
-    loss = algo(x, y)["loss"]
+    loss = algo((x, y))["loss"]
     grads = torch.autograd.grad(loss, list(algo.model.parameters()))
     step = tb.TrainStep(cfg, algo, opt, x, y)
     step()
@@ -162,14 +162,14 @@ def test_automix_cost_script_memory_and_phases(tmp_path):
 
 
 def test_phase_timer_restores_what_it_wrapped():
-    import samix.algorithms.automix as automix_mod
+    import samix.algorithms.early_backward as early_backward
 
-    orig = automix_mod._backward_now
+    orig = early_backward.backward_now
     ov = tb.model_overrides("convnet", 0.25, 1, 4, "fp32", False) + ["algorithm.name=automix"]
     cfg, algo, opt = tb.build_candidate(ov, 10, 1, CPU)
     step = tb.TrainStep(cfg, algo, opt, *tb.synthetic_batch(4, 1, 28, 10, CPU))
     cost.phase_breakdown(step, 1, CPU, vanilla=False)
-    assert automix_mod._backward_now is orig
+    assert early_backward.backward_now is orig
     for module in (algo.model, algo.teacher, algo.mix_block):
         assert "forward" not in vars(module) and "features" not in vars(module)
 

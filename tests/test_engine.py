@@ -173,18 +173,18 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, fm_root, monkeyp
 
     # Interrupt the second run in the middle of epoch 3 (after the epoch-2 checkpoint).
     calls = {"n": 0}
-    orig = trainer._Progress.update
+    orig = trainer.Progress.update
 
     def crash(self, i, loss_fn):
         if self.desc.startswith("epoch 3/") and i == 1:
             raise KeyboardInterrupt("simulated kill")
         return orig(self, i, loss_fn)
 
-    monkeypatch.setattr(trainer._Progress, "update", crash)
+    monkeypatch.setattr(trainer.Progress, "update", crash)
     cfg = _cfg(tmp_path / "cut", fm_root, *extra)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg)
-    monkeypatch.setattr(trainer._Progress, "update", orig)
+    monkeypatch.setattr(trainer.Progress, "update", orig)
     assert ckpt_mod.load_checkpoint(Path(cfg.out_dir) / "checkpoints/last.pt")["epoch"] == 2
     resumed = trainer.train(_cfg(tmp_path / "cut", fm_root, *extra, "resume=true"))
 

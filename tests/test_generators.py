@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from samix.generators import (
     GeneratorOutput,
     MixBlock,
-    Mixer,
+    SAMixGenerator,
     build_generator,
     lambda_adjust,
     linear_weight,
@@ -29,7 +29,7 @@ from samix.generators.mixblock import attention_logits_softmax
 HYP = settings(max_examples=25, deadline=None)
 GENERATOR_FACTORIES = {
     "mixblock": lambda c, **kw: MixBlock(c, **kw),
-    "mixer": lambda c, **kw: Mixer(c, **kw),
+    "mixer": lambda c, **kw: SAMixGenerator(c, **kw),
 }
 ALL_SWITCHES = list(itertools.product([True, False], repeat=4))  # attention, adaptive, nonlinear, adjust
 
@@ -141,7 +141,7 @@ def test_mixer_matches_the_literal_formula():
     torch.manual_seed(0)
     b, c, h, w = 4, 6, 3, 3
     z, lam, index = _inputs(b, c, h, w)
-    gen = Mixer(c).eval()
+    gen = SAMixGenerator(c).eval()
     with torch.no_grad():
         gen.gamma_raw.fill_(0.7)
     out = gen(z, lam, index, out_size=(5, 5), adjust=False)
@@ -161,12 +161,12 @@ def test_mixer_matches_the_literal_formula():
 
 
 def test_mixer_switches_build_the_ablation_modules():
-    full = Mixer(8)
+    full = SAMixGenerator(8)
     names = {n for n, _ in full.named_parameters()}
     assert "gamma_raw" in names and any(n.startswith("proj.") for n in names)
     assert any("content_body.0" in n for n in names)  # BatchNorm
     assert isinstance(full.content_body[2], torch.nn.Dropout) and full.content_body[2].p == 0.1
-    bare = Mixer(8, attention=False, adaptive_lambda=False, nonlinear_content=False)
+    bare = SAMixGenerator(8, attention=False, adaptive_lambda=False, nonlinear_content=False)
     names = {n for n, _ in bare.named_parameters()}
     assert names == {"content_in.conv.weight", "content_in.conv.bias", "content_in.lam_weight"}
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_mixblock_mask_depends_on_lam():
 def test_mixer_mask_depends_on_lam(adaptive):
     torch.manual_seed(0)
     z, _, index = _inputs(b=4, c=8, h=3, w=3)
-    gen = Mixer(8, adaptive_lambda=adaptive).eval()
+    gen = SAMixGenerator(8, adaptive_lambda=adaptive).eval()
     masks = lambda: [gen(z, torch.full((4,), v), index, adjust=False).mask for v in (0.2, 0.8)]  # noqa: E731
     a, b = masks()
     if adaptive:
@@ -212,7 +212,7 @@ def test_mixer_mask_depends_on_a_per_batch_lam_in_training_mode(adaptive):
     torch.manual_seed(0)
     z, _, index = _inputs(b=8, c=8, h=3, w=3)
     # the content path alone (the attention path has no BatchNorm)
-    gen = Mixer(8, attention=False, adaptive_lambda=adaptive, dropout=0.0).train()
+    gen = SAMixGenerator(8, attention=False, adaptive_lambda=adaptive, dropout=0.0).train()
     with torch.no_grad():
         (gen.gamma_raw if adaptive else gen.content_lam).fill_(1.0)
     a, b = (gen(z, torch.full((8,), v), index, adjust=False).mask_raw for v in (0.2, 0.8))
@@ -226,7 +226,7 @@ def test_mixer_mask_depends_on_a_per_batch_lam_in_training_mode(adaptive):
 
 # ---------------------------------------------------------------------- gamma in [0, 1]
 def test_gamma_starts_at_zero_and_stays_in_unit_interval():
-    gen = Mixer(4)
+    gen = SAMixGenerator(4)
     assert gen.gamma == 0.0 and gen.gamma_raw.item() == 0.0
     opt = torch.optim.Adam([gen.gamma_raw], lr=0.2)
     for sign, steps in ((+1, 15), (-1, 40), (+1, 40)):  # push below 0, above 1, then back down
@@ -247,7 +247,7 @@ def test_gamma_starts_at_zero_and_stays_in_unit_interval():
 
 
 def test_gamma_gradient_passes_inside_and_inward_only():
-    gen = Mixer(4)
+    gen = SAMixGenerator(4)
     for raw, sign, passes in ((0.0, +1, False), (0.0, -1, True), (0.5, +1, True), (1.0, -1, False),
                               (1.0, +1, True), (-0.3, -1, True), (1.4, +1, True)):
         with torch.no_grad():
@@ -261,7 +261,7 @@ def test_gamma_gradient_passes_inside_and_inward_only():
 @pytest.mark.parametrize("attention,adaptive,nonlinear,adjust", ALL_SWITCHES)
 def test_gradient_reaches_every_parameter(attention, adaptive, nonlinear, adjust):
     torch.manual_seed(0)
-    gen = Mixer(6, attention=attention, adaptive_lambda=adaptive, nonlinear_content=nonlinear,
+    gen = SAMixGenerator(6, attention=attention, adaptive_lambda=adaptive, nonlinear_content=nonlinear,
                 lam_adjust=adjust, lam_adjust_prob=1.0)
     if adaptive:
         with torch.no_grad():
@@ -329,7 +329,7 @@ def test_mixblock_learns_to_follow_lam():
 
 def test_mixer_learns_to_follow_lam():
     torch.manual_seed(0)
-    gen = Mixer(16)
+    gen = SAMixGenerator(16)
     before, after = _train_on_mask_loss(gen, steps=800, lr=0.03)
     assert before > 0.15  # gamma = 0 at the start: the mask ignores lam
     assert 0.0 < gen.gamma <= 1.0  # the adaptive encoding switched itself on
@@ -403,7 +403,7 @@ def test_lambda_adjust_edge_cases_and_gradient():
 def test_mixer_adjust_policy():
     torch.manual_seed(0)
     z, lam, index = _inputs(b=400, c=4, h=2, w=2)
-    gen = Mixer(4, lam_adjust_prob=0.25)
+    gen = SAMixGenerator(4, lam_adjust_prob=0.25)
     out = gen(z, lam, index, generator=torch.Generator().manual_seed(0))
     frac = out.adjusted.float().mean().item()
     assert 0.17 < frac < 0.33  # Binomial(400, 0.25): sd 0.022
@@ -419,10 +419,10 @@ def test_mixer_adjust_policy():
     assert out.adjusted.all()  # test-time adjusting
     torch.testing.assert_close(mask_mean(out.mask), lam, atol=1e-5, rtol=0)
     assert not gen(z, lam, index, adjust=False).adjusted.any()
-    off = Mixer(4, lam_adjust=False).eval()
+    off = SAMixGenerator(4, lam_adjust=False).eval()
     assert not off(z, lam, index).adjusted.any()
-    assert Mixer(4, lam_adjust_prob=1.0)(z, lam, index).adjusted.all()
-    assert not Mixer(4, lam_adjust_prob=0.0)(z, lam, index).adjusted.any()
+    assert SAMixGenerator(4, lam_adjust_prob=1.0)(z, lam, index).adjusted.all()
+    assert not SAMixGenerator(4, lam_adjust_prob=0.0)(z, lam, index).adjusted.any()
 
 
 # ---------------------------------------------------------------------- dtypes, numerics, modes
@@ -481,7 +481,7 @@ def test_channels_last_gives_the_same_mask(name):
 
 def test_frozen_mixer_is_deterministic_under_no_grad():
     torch.manual_seed(0)
-    gen = Mixer(8)
+    gen = SAMixGenerator(8)
     z, lam, index = _inputs(b=4, c=8, h=3, w=3)
     train_a = gen(z, lam, index, adjust=False).mask
     train_b = gen(z, lam, index, adjust=False).mask
@@ -497,12 +497,12 @@ def test_frozen_mixer_is_deterministic_under_no_grad():
 def test_batch_of_one_and_scalar_lam():
     torch.manual_seed(0)
     z = torch.randn(1, 4, 3, 2)
-    for gen in (MixBlock(4), Mixer(4)):
+    for gen in (MixBlock(4), SAMixGenerator(4)):
         out = gen(z, 0.3, torch.zeros(1, dtype=torch.long), out_size=(6, 4))
         assert out.mask.shape == (1, 1, 6, 4) and out.lam.tolist() == [pytest.approx(0.3)]
     with pytest.raises(ValueError, match="BatchNorm"):
-        Mixer(4)(torch.randn(1, 4, 1, 1), 0.5, torch.zeros(1, dtype=torch.long))
-    assert Mixer(4).eval()(torch.randn(1, 4, 1, 1), 0.5, torch.zeros(1, dtype=torch.long)).mask.shape == (1, 1, 1, 1)
+        SAMixGenerator(4)(torch.randn(1, 4, 1, 1), 0.5, torch.zeros(1, dtype=torch.long))
+    assert SAMixGenerator(4).eval()(torch.randn(1, 4, 1, 1), 0.5, torch.zeros(1, dtype=torch.long)).mask.shape == (1, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -532,19 +532,19 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="upsample"):
         MixBlock(4, upsample="bicubic")
     with pytest.raises(ValueError, match="in_channels"):
-        Mixer(0)
+        SAMixGenerator(0)
     with pytest.raises(ValueError, match="attn_norm"):
-        Mixer(4, attn_norm="l2")
+        SAMixGenerator(4, attn_norm="l2")
     with pytest.raises(ValueError, match="lam_adjust_prob"):
-        Mixer(4, lam_adjust_prob=1.5)
+        SAMixGenerator(4, lam_adjust_prob=1.5)
     with pytest.raises(ValueError, match="gamma_init"):
-        Mixer(4, gamma_init=-0.5)
+        SAMixGenerator(4, gamma_init=-0.5)
     with pytest.raises(TypeError, match="attention"):
-        Mixer(4, attention="yes")
+        SAMixGenerator(4, attention="yes")
     with pytest.raises(ValueError, match="mixblock"):
         build_generator("automix", in_channels=4)
     assert list_generators() == ["mixblock", "mixer"]
-    assert isinstance(build_generator("mixer", in_channels=4), Mixer)
+    assert isinstance(build_generator("mixer", in_channels=4), SAMixGenerator)
 
 
 # ---------------------------------------------------------------------- mask losses

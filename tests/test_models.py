@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from samix.algorithms.manifold import manifold_forward
 from samix.mixing import build_mixer, list_mixers
 from samix.models import Backbone, build_model, list_models
 from samix.models.weights import classifier_keys, load_pretrained, read_state_dict, save_weights
@@ -350,7 +351,7 @@ def test_manifoldmix_identity_when_lam_is_one(name):
     with torch.no_grad():
         clean = model(x)
         for stage in range(5):
-            logits, targets, res = mm.forward(model, x, y, stage=stage)
+            logits, targets, res = manifold_forward(mm, model, x, y, stage=stage)
             assert res.stage == stage and torch.equal(res.lam, torch.ones(3))
             torch.testing.assert_close(logits, clean, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(targets, F.one_hot(y, NUM_CLASSES).float())
@@ -366,7 +367,7 @@ def test_manifoldmix_mixes_the_hidden_map(seed, mode, stage):
     x, y = torch.randn(4, 1, 16, 16, generator=g), torch.randint(0, NUM_CLASSES, (4,), generator=g)
     mm = make_mm(seed, stages=(0, 1, 2, 3, 4), mode=mode, alpha=2.0)
     with torch.no_grad():
-        logits, targets, res = mm.forward(model, x, y, stage=stage)
+        logits, targets, res = manifold_forward(mm, model, x, y, stage=stage)
         h = x if stage == 0 else model.features(x, stage)
         lam = res.lam.view(-1, 1, 1, 1)
         expected = lam * h + (1 - lam) * h[res.index]
@@ -385,7 +386,7 @@ def test_manifoldmix_vit_mixes_class_token_too():
     x, y = torch.randn(3, 1, 32, 32), torch.tensor([1, 2, 3])
     mm = make_mm(5, mode="elem")
     with torch.no_grad():
-        logits, _, res = mm.forward(model, x, y, stage=2)
+        logits, _, res = manifold_forward(mm, model, x, y, stage=2)
         h, prefix = model.features_with_prefix(x, 2)
         w = res.lam.view(-1, 1, 1, 1)
         torch.testing.assert_close(res.images, torch.lerp(h[res.index], h, w))
@@ -400,7 +401,7 @@ def test_manifoldmix_gradients_reach_every_parameter(name, stage):
     model = small_model(name, in_chans=1)
     model.zero_grad(set_to_none=True)
     x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
-    logits, targets, _ = make_mm(2).forward(model, x, y, stage=stage)
+    logits, targets, _ = manifold_forward(make_mm(2), model, x, y, stage=stage)
     soft_ce(logits, targets).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, no_grad
@@ -419,8 +420,8 @@ def test_manifoldmix_stage_draws():
     model = small_model("convnet")
     x, y = torch.randn(2, 1, 16, 16), torch.tensor([0, 1])
     with torch.no_grad():
-        run1 = make_mm(4, stages=(1, 2, 3)).forward(model, x, y)
-        run2 = make_mm(4, stages=(1, 2, 3)).forward(model, x, y)
+        run1 = manifold_forward(make_mm(4, stages=(1, 2, 3)), model, x, y)
+        run2 = manifold_forward(make_mm(4, stages=(1, 2, 3)), model, x, y)
     assert run1[2].stage == run2[2].stage and torch.equal(run1[0], run2[0])
 
 
@@ -431,11 +432,11 @@ def test_manifoldmix_errors():
             make_mm(stages=bad)
     x, y = torch.randn(2, 1, 16, 16), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="beyond"):
-        make_mm(stages=(5,)).forward(small_model("convnet"), x, y)
+        manifold_forward(make_mm(stages=(5,)), small_model("convnet"), x, y)
     with pytest.raises(TypeError, match="Backbone"):
-        make_mm(stages=(1,)).forward(torch.nn.Conv2d(1, 1, 1), x, y)
+        manifold_forward(make_mm(stages=(1,)), torch.nn.Conv2d(1, 1, 1), x, y)
     with pytest.raises(ValueError, match="labels"):
-        make_mm().forward(small_model("convnet"), x, torch.tensor([0, 1, 2]))
+        manifold_forward(make_mm(), small_model("convnet"), x, torch.tensor([0, 1, 2]))
 
 
 @pytest.mark.parametrize("name", ["convnet", "vit_small"])
@@ -446,7 +447,7 @@ def test_float64_kept_through_features_and_manifoldmix(name):
         h = model.features(x, 2)
         assert h.dtype == torch.float64
         torch.testing.assert_close(model.forward_from(h, 2), model(x))
-        logits, targets, res = make_mm(0).forward(model, x, y, stage=2)
+        logits, targets, res = manifold_forward(make_mm(0), model, x, y, stage=2)
     assert logits.dtype == res.images.dtype == torch.float64 and targets.dtype == torch.float32
 
 
@@ -466,6 +467,6 @@ def test_cuda_channels_last_bf16(name):
             assert h.device.type == "cuda" and (h.shape[1] == 1 or h.is_contiguous(memory_format=torch.channels_last))
             torch.testing.assert_close(model.forward_from(h, stage).float(), ref.float(), rtol=2e-2, atol=2e-2)
         mm = build_mixer("manifoldmix", num_classes=NUM_CLASSES, generator=torch.Generator("cuda").manual_seed(0))
-        logits, targets, res = mm.forward(model, x, y, stage=2)
+        logits, targets, res = manifold_forward(mm, model, x, y, stage=2)
     assert logits.device.type == targets.device.type == res.index.device.type == "cuda"
     assert res.images.is_contiguous(memory_format=torch.channels_last)

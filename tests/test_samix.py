@@ -12,7 +12,7 @@ import torch
 from engine_utils import make_fashion_mnist
 from samix.algorithms import build_algorithm
 from samix.engine.config import load_config
-from samix.generators import Mixer, mask_l1_loss, mask_variance_loss
+from samix.generators import SAMixGenerator, mask_l1_loss, mask_variance_loss
 from samix.losses import build_loss, eta_balanced_loss, mixed_cross_entropy, pbce_loss
 from samix.models import build_model
 
@@ -50,14 +50,14 @@ def _capture(algo):
 
 def test_defaults_are_the_published_recipe_and_gamma_starts_at_zero():
     algo = _algo()
-    assert isinstance(algo.mix_block, Mixer)
+    assert isinstance(algo.mix_block, SAMixGenerator)
     mb = algo.mix_block
     assert mb.upsample == "bilinear" and mb.use_attention and mb.adaptive_lambda and mb.nonlinear_content
     assert mb.lam_adjust and mb.lam_adjust_prob == 0.25 and algo.options["eta"] == 0.5
     assert algo.options["alpha"] == 2.0 and algo.options["stage"] == 3
     assert mb.gamma == 0.0
     x, y = _batch()
-    out = algo(x, y)
+    out = algo((x, y))
     assert float(out["gamma"]) == 0.0
     out["loss"].backward()
     assert mb.gamma_raw.grad is not None  # gamma is trained by the generation loss
@@ -69,7 +69,7 @@ def test_generation_loss_is_pbce_plus_eta_ce_on_the_teacher_logits():
         rec = _capture(algo)
         x, y = _batch()
         b = x.shape[0]
-        out = algo(x, y)
+        out = algo((x, y))
         lam, index, _ = rec["gen"][0]
         logits = rec["teacher_out"][0]
         lam_g, idx_g = lam[b:], index[b:] - b
@@ -86,7 +86,7 @@ def test_eta_changes_the_mixers_gradient():
         algo = _algo(eta=eta, mixup_fallback=0.0)
         x, y = _batch()
         torch.manual_seed(123)  # Dropout in the content module
-        out = algo(x, y)
+        out = algo((x, y))
         params = [p for p in algo.mix_block.parameters()]
         gs = torch.autograd.grad(out["loss_gen_cls"], params, allow_unused=True)
         grads[eta] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
@@ -100,13 +100,13 @@ def test_gen_loss_ce_restores_automix_objective_and_smoothing_reaches_the_eta_lo
     rec = _capture(algo)
     x, y = _batch()
     b = x.shape[0]
-    out = algo(x, y)
+    out = algo((x, y))
     lam, index, _ = rec["gen"][0]
     torch.testing.assert_close(out["loss_gen_cls"],
                                mixed_cross_entropy(rec["teacher_out"][0], y, lam[b:], index[b:] - b))
     algo = _algo(mixup_fallback=0.0, loss_fn=build_loss("ce", label_smoothing=0.2))
     rec = _capture(algo)
-    out = algo(x, y)
+    out = algo((x, y))
     lam, index, _ = rec["gen"][0]
     expected = eta_balanced_loss(rec["teacher_out"][0], y, lam[b:], index[b:] - b, eta=0.5, label_smoothing=0.2)
     torch.testing.assert_close(out["loss_gen_cls"], expected)
@@ -120,7 +120,7 @@ def test_lambda_adjust_uses_each_masks_own_lambda():
     x, y = _batch()
     b = x.shape[0]
     algo.set_progress(0, 10)
-    out = algo(x, y)
+    out = algo((x, y))
     lam, _, g = rec["gen"][0]
     assert bool(g.adjusted.all())
     lam_s, lam_g = lam[:b], lam[b:]
@@ -141,12 +141,12 @@ def test_lambda_adjust_draws_follow_the_runs_generator():
         rec = _capture(algo)
         x, y = _batch(b=16)
         torch.manual_seed(7)
-        algo(x, y)
+        algo((x, y))
         outs.append(rec["gen"][0][2].adjusted)
     assert torch.equal(outs[0], outs[1]) and 0 < int(outs[0].sum()) < outs[0].numel()
     algo = _algo(lam_adjust_prob=0.0)
     rec = _capture(algo)
-    algo(*_batch())
+    algo(_batch())
     g = rec["gen"][0][2]
     assert not bool(g.adjusted.any()) and torch.equal(g.mask, g.mask_raw)
 
@@ -157,17 +157,17 @@ def test_variance_term_switch_and_mask_loss_none():
     x, y = _batch()
     b = x.shape[0]
     algo.set_progress(0, 10)
-    out = algo(x, y)
+    out = algo((x, y))
     lam, _, g = rec["gen"][0]
     torch.testing.assert_close(out["loss_mask"], 0.1 * mask_l1_loss(g.mask_raw[b:], lam[b:], margin=0.1))
-    out = _algo(mask_loss="none")(x, y)
+    out = _algo(mask_loss="none")((x, y))
     assert "loss_mask" not in out
 
 
 def test_mixer_learns_only_from_the_generation_loss():
     algo = _algo(mixup_fallback=0.0)
     x, y = _batch()
-    out = algo(x, y)
+    out = algo((x, y))
     mb = list(algo.mix_block.parameters())
     cls = torch.autograd.grad(out["loss_cls"] + out["loss_clean"], mb, retain_graph=True, allow_unused=True)
     assert all(g is None or float(g.abs().max()) == 0 for g in cls)
@@ -191,7 +191,7 @@ def test_table10_switches_build_and_train_one_step(options):
     assert mb.lam_adjust == options.get("lam_adjust", True)
     opt = torch.optim.SGD([p for g in algo.param_groups() for p in g["params"]], lr=0.1)
     x, y = _batch()
-    out = algo(x, y)
+    out = algo((x, y))
     assert torch.isfinite(out["loss"])
     opt.zero_grad()
     out["loss"].backward()

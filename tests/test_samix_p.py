@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine_utils import make_fashion_mnist
-from samix.generators import MixBlock, Mixer, lambda_adjust
-from samix.generators.pretrained import (
+from samix.generators import MixBlock, SAMixGenerator, lambda_adjust
+from samix.pretrained import (
     encoder_state_dict,
     load_pretrained_mixer,
     prune_encoder,
@@ -44,7 +44,7 @@ def _tiny_parts(kind: str, seed: int = 0):
             enc(torch.randn(8, 3, 16, 16) * 2 + 0.5)  # moves the running statistics away from (0, 1)
     enc.eval()
     c = int(enc.stage_channels[2])
-    gen = Mixer(c) if kind == "mixer" else MixBlock(c, upsample="bilinear")
+    gen = SAMixGenerator(c) if kind == "mixer" else MixBlock(c, upsample="bilinear")
     gen.train()
     with torch.no_grad():
         if kind == "mixer":  # a non-zero gamma and BN statistics in the content module
@@ -365,7 +365,7 @@ def test_frozen_mixer_gets_no_gradient_no_update_and_no_optimizer_slot(samix_run
     for _ in range(3):
         algo.train()
         x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
-        loss = algo(x, y)["loss"]
+        loss = algo((x, y))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         assert all(p.grad is None for p in params)
@@ -422,7 +422,7 @@ def test_decoupled_loss_from_config_adds_eta_times_the_regulariser():
         state = algo.mixer.generator.get_state()
         r = algo.mixer.mix(x)
         algo.mixer.generator.set_state(state)
-        losses[name] = algo(x, y)["loss"]
+        losses[name] = algo((x, y))["loss"]
     z = algo.model(r.images).detach().double()
     a, b = y, y[r.index]
     lam = r.lam.double()

@@ -55,7 +55,7 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_export_mixer(args) -> int:
-    from samix.generators.pretrained import export_mixer
+    from samix.engine.export import export_mixer
 
     meta = export_mixer(args.run_dir, args.out, checkpoint=args.checkpoint)
     print(f"wrote {args.out}: {meta.generator} (stage {meta.stage}, {meta.channels} channels) + "

@@ -49,7 +49,7 @@ Documented choices:
 - Peak memory (an implementation detail; values and gradients are those of the step above): with
   the momentum pipeline, whose teacher has no trainable parameter, the generation pass runs before
   the student's and its backward through the teacher (down to ``x_k``) runs at once, inside
-  ``forward`` (``torch.autograd.grad``); ``L_gen`` then carries that gradient on to the generator in
+  ``forward`` (:func:`samix.algorithms.early_backward.backward_now`); ``L_gen`` then carries that gradient on to the generator in
   the engine's backward. The teacher's activations are freed before the student's passes: one
   network's activations fewer at the peak (AutoMix 2.9x -> 2.0x vanilla on the Fashion-MNIST CPU
   recipe, 2.0x -> 1.1x without the clean CE; ``benchmarks/automix_cost.py``). Only the order of
@@ -63,50 +63,29 @@ generation loss.
 
 from __future__ import annotations
 
-import copy
-import math
-from pathlib import Path
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from samix import _checks
+from samix.generators import MixBlock, linear_weight, mask_l1_loss, mask_l2_loss
+from samix.losses import build_loss
 from samix.mixing.base import gather_batch, mask_mix
 
-from .base import Algorithm, register_algorithm
+from . import early_backward
+from .base import Algorithm, register_algorithm, split_batch
+from .momentum import MomentumUpdater
 
 MASK_LOSSES = ("none", "l1", "l2")
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _check_number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
-                  high_open: bool = False) -> float:
-    ok = _is_number(value)
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"algorithm option {name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"algorithm option {name} must be true or false, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _check_choice(name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"algorithm option {name} must be one of {list(choices)}, got {value!r}")
-    return value
+_WHAT = "algorithm option"
+_check_number = partial(_checks.check_number, what=_WHAT, type_error=ValueError)
+_check_bool = partial(_checks.check_bool, what=_WHAT)
+_check_choice = partial(_checks.check_choice, what=_WHAT)
 
 
 @register_algorithm("automix")
@@ -163,12 +142,8 @@ class AutoMix(Algorithm):
         if stage > len(channels):
             raise ValueError(f"algorithm option stage must be in [1, {len(channels)}] for this model, got {stage}")
         self.mix_block = self.build_generator(int(channels[stage - 1]))
-        if o["momentum_pipeline"]:
-            self.teacher = copy.deepcopy(model)
-            self.teacher.requires_grad_(False)
-        else:
-            self.teacher = None
-        self.momentum = float(o["momentum"])
+        self.ema = MomentumUpdater(o["momentum"], o["momentum_end"], o["momentum_warmup"])
+        self.teacher = self.ema.make_teacher(model) if o["momentum_pipeline"] else None
 
     def _check_options(self) -> None:
         o = self.options
@@ -196,8 +171,6 @@ class AutoMix(Algorithm):
     # ------------------------------------------------------------------ hooks for subclasses
     def build_generator(self, channels: int) -> nn.Module:
         """The mask generator reading ``channels``-channel features (AutoMix: :class:`MixBlock`)."""
-        from samix.generators import MixBlock
-
         kwargs = dict(self.options["mix_block_kwargs"])
         clash = sorted(set(kwargs) & {"in_channels", "upsample"})
         if clash:
@@ -210,15 +183,11 @@ class AutoMix(Algorithm):
 
     def mask_loss_weight(self) -> float:
         """``w(t)``: ``mask_loss_weight`` linearly to ``mask_loss_weight_end`` over training."""
-        from samix.generators import linear_weight
-
         o = self.options
         return linear_weight(self.progress, float(o["mask_loss_weight"]), float(o["mask_loss_weight_end"]))
 
     def mask_terms(self, mask_raw: Tensor, lam: Tensor) -> Optional[Tensor]:
         """The unweighted mask loss on the generator's raw mask, or ``None`` (``mask_loss="none"``)."""
-        from samix.generators import mask_l1_loss, mask_l2_loss
-
         o = self.options
         if o["mask_loss"] == "none":
             return None
@@ -236,8 +205,6 @@ class AutoMix(Algorithm):
         if getattr(fn, "name", None) != "decoupled":
             return fn
         if getattr(self, "_generator_loss_of", None) is not fn:  # built once per loss object
-            from samix.losses import build_loss
-
             opts = {k: v for k, v in fn.options.items() if k not in ("loss", "eta")}
             self._generator_loss = build_loss(fn.options.get("loss", "ce"), **opts)
             self._generator_loss_of = fn
@@ -270,8 +237,14 @@ class AutoMix(Algorithm):
     def _teacher(self) -> nn.Module:
         return self.teacher if self.teacher is not None else self.model
 
+    def mask_generator(self):
+        """The Mix Block / Mixer and the encoder that feeds it (the momentum teacher; the online network
+        without a momentum pipeline), for ``samix export-mixer``."""
+        return self.mix_block, self._teacher(), int(self.options["stage"])
+
     # ------------------------------------------------------------------ the step
-    def forward(self, images: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def forward(self, batch) -> Dict[str, Tensor]:
+        images, labels = split_batch(batch)
         o = self.options
         b = images.shape[0]
         dev = images.device
@@ -284,11 +257,11 @@ class AutoMix(Algorithm):
         # i.e. with the second copy of the same features; each half carries its own lambda.
         gen = self.generate(torch.cat([z, z]), torch.cat([lam_s, lam_g]), torch.cat([index_s, index_g + b]),
                             images.shape[-2:])
-        mask_s, mask_g = gen.mask[:b], gen.mask[b:]
+        mask_s = gen.mask[:b]
         out_g = _Half(gen, slice(b, None), lam_g, index_g)
 
         # ---- generation: the generator learns through the frozen teacher on its own sample; it
-        # runs first when the teacher's part of the backward can run at once (_backward_now)
+        # runs first when the teacher's part of the backward can run at once (early_backward)
         early = self._teacher_backward_now(dev.type)
         if early:
             gen_terms = self._generation_terms(teacher, images, labels, out_g, early)
@@ -313,11 +286,11 @@ class AutoMix(Algorithm):
 
     def _generation_terms(self, teacher: nn.Module, images: Tensor, labels: Tensor, out_g, early: bool):
         """The generation loss on ``x_k = s_k x + (1 - s_k) x[idx_k]`` through ``teacher``; with ``early``
-        the backward through the teacher runs now (:func:`_backward_now`)."""
+        the backward through the teacher runs now (:func:`~samix.algorithms.early_backward.backward_now`)."""
         x_g = mask_mix(images, out_g.index, out_g.mask)
         terms = self.generation_loss(teacher(x_g), labels, out_g)
         if early and terms["loss_gen_cls"].requires_grad:
-            terms["loss_gen_cls"] = _backward_now(terms["loss_gen_cls"], x_g)
+            terms["loss_gen_cls"] = early_backward.backward_now(terms["loss_gen_cls"], x_g)
         return terms
 
     def _teacher_backward_now(self, device_type: str) -> bool:
@@ -332,26 +305,18 @@ class AutoMix(Algorithm):
 
     # ------------------------------------------------------------------ momentum
     def current_momentum(self) -> float:
-        """EMA momentum ``m(p)`` at the current progress ``p`` (formula in the module docstring)."""
-        o = self.options
-        base, end, warm = float(o["momentum"]), float(o["momentum_end"]), float(o["momentum_warmup"])
-        p = self.progress
-        if p <= warm:
-            return base
-        t = (p - warm) / (1.0 - warm)
-        return end - (end - base) * (math.cos(math.pi * t) + 1) / 2
+        """EMA momentum ``m(p)`` at the current progress ``p`` (:mod:`samix.algorithms.momentum`)."""
+        return self.ema.momentum(self.progress)
 
-    @torch.no_grad()
+    @property
+    def momentum(self) -> float:
+        """The momentum of the last EMA update."""
+        return self.ema.current
+
     def on_train_step_end(self) -> None:
-        """``theta_k <- m theta_k + (1 - m) theta_q`` over the parameters (fused ``_foreach`` ops)."""
-        if self.teacher is None:
-            return
-        m = self.current_momentum()
-        self.momentum = m
-        t_params = list(self.teacher.parameters())
-        s_params = [p.detach() for p in self.model.parameters()]
-        torch._foreach_mul_(t_params, m)
-        torch._foreach_add_(t_params, s_params, alpha=1 - m)
+        """``theta_k <- m theta_k + (1 - m) theta_q`` (:class:`~samix.algorithms.momentum.MomentumUpdater`)."""
+        if self.teacher is not None:
+            self.ema.update(self.teacher, self.model, self.progress)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self) -> List[Dict[str, Any]]:
@@ -365,12 +330,6 @@ class AutoMix(Algorithm):
         if o["mix_block_weight_decay"] is not None:
             gen_group["weight_decay"] = float(o["mix_block_weight_decay"])
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "name": "model"}, gen_group]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.train(mode)
-        return self
 
     # ------------------------------------------------------------------ looking
     @torch.no_grad()
@@ -407,44 +366,6 @@ class AutoMix(Algorithm):
             teacher.train(was[0])
             self.mix_block.train(was[1])
         return masks
-
-    def save_visuals(self, out_dir, epoch: int, images: Tensor, labels: Tensor) -> Optional[str]:
-        """``OUT_DIR/masks/masks_epoch{epoch:04d}.png``: learned masks and mixed samples for lam 0..1
-        on the fixed pairs of ``images`` (automix.txt Fig. 4)."""
-        from samix.viz import save_mask_grid
-
-        lams = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
-        masks = self.masks_for(images, lams)
-        path = Path(out_dir) / "masks" / f"masks_epoch{epoch:04d}.png"
-        return str(save_mask_grid(path, images[: masks.shape[1] * 2], masks, lams,
-                                  title=f"{self.algorithm_name}: learned masks, epoch {epoch}"))
-
-
-class _KnownGradient(torch.autograd.Function):
-    """``y = value`` (a 0-d tensor, no graph) whose gradient w.r.t. ``x`` is ``dy * grad``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, grad: Tensor) -> Tensor:
-        ctx.save_for_backward(grad)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        (grad,) = ctx.saved_tensors
-        return dy * grad, None, None
-
-
-def _backward_now(loss: Tensor, x: Tensor) -> Tensor:
-    """``loss`` (a scalar) with its graph between ``x`` and ``loss`` differentiated now and freed.
-
-    ``g = d loss / d x`` is computed at once (``torch.autograd.grad``, which releases the saved
-    activations of that part of the graph, here the teacher's); the result has the value of ``loss``
-    and passes ``dy * g`` to ``x``, so every tensor upstream of ``x`` (the generator's mask) receives
-    the gradient it would have received from ``loss``. Valid only when nothing between ``x`` and
-    ``loss`` needs a gradient of its own (the frozen teacher).
-    """
-    (g,) = torch.autograd.grad(loss, x)
-    return _KnownGradient.apply(x, loss.detach(), g)
 
 
 class _Half:

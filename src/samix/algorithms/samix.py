@@ -36,6 +36,9 @@ from typing import Any, Dict
 
 from torch import Tensor, nn
 
+from samix.generators import SAMixGenerator, mask_variance_loss
+from samix.losses import eta_balanced_loss
+
 from .automix import AutoMix, _check_bool, _check_choice, _check_number
 from .base import register_algorithm
 
@@ -48,7 +51,7 @@ class SAMix(AutoMix):
     ``"bilinear"``) plus ``eta`` (0.5), ``gen_loss`` (``"eta_balanced"`` | ``"ce"``),
     ``variance_loss``, ``attention``, ``adaptive_lambda``, ``nonlinear_content``, ``lam_adjust``
     (all True), ``lam_adjust_prob`` (0.25, the 800-epoch CIFAR recipe; 0 in the Tiny recipe) and
-    ``gamma_init`` (0, the paper; 1 in the Fashion-MNIST CPU recipe, see :mod:`samix.generators.mixer`)."""
+    ``gamma_init`` (0, the paper; 1 in the Fashion-MNIST CPU recipe, see :mod:`samix.generators.samix_generator`)."""
 
     DEFAULTS: Dict[str, Any] = {
         **AutoMix.DEFAULTS,
@@ -75,15 +78,13 @@ class SAMix(AutoMix):
         _check_number("gamma_init", o["gamma_init"], 0.0, 1.0)
 
     def build_generator(self, channels: int) -> nn.Module:
-        from samix.generators import Mixer
-
         o = self.options
         kwargs = dict(o["mix_block_kwargs"])
         clash = sorted(set(kwargs) & {"in_channels", "upsample", "attention", "adaptive_lambda",
                                       "nonlinear_content", "lam_adjust", "lam_adjust_prob", "gamma_init"})
         if clash:
             raise ValueError(f"algorithm option mix_block_kwargs must not set {clash}: use the algorithm options")
-        return Mixer(channels, upsample=o["upsample"], attention=o["attention"],
+        return SAMixGenerator(channels, upsample=o["upsample"], attention=o["attention"],
                      adaptive_lambda=o["adaptive_lambda"], nonlinear_content=o["nonlinear_content"],
                      lam_adjust=o["lam_adjust"], lam_adjust_prob=float(o["lam_adjust_prob"]),
                      gamma_init=float(o["gamma_init"]), **kwargs)
@@ -95,23 +96,19 @@ class SAMix(AutoMix):
         return float(getattr(self.loss_fn, "options", {}).get("label_smoothing", 0.0))
 
     def generation_cls_loss(self, logits: Tensor, labels: Tensor, lam: Tensor, index: Tensor) -> Tensor:
-        from samix.losses import eta_balanced_loss
-
         if self.options["gen_loss"] == "ce":
             return super().generation_cls_loss(logits, labels, lam, index)
         return eta_balanced_loss(logits, labels, lam, index, eta=float(self.options["eta"]),
                                  label_smoothing=self._label_smoothing())
 
     def mask_terms(self, mask_raw: Tensor, lam: Tensor):
-        from samix.generators import mask_variance_loss
-
         m = super().mask_terms(mask_raw, lam)
         if m is not None and self.options["variance_loss"]:
             m = m + mask_variance_loss(mask_raw)
         return m
 
-    def forward(self, images: Tensor, labels: Tensor) -> Dict[str, Tensor]:
-        out = super().forward(images, labels)
+    def forward(self, batch) -> Dict[str, Tensor]:
+        out = super().forward(batch)
         if self.mix_block.gamma_raw is not None:
             out["gamma"] = self.mix_block.gamma_raw.detach().clamp(0.0, 1.0)
         return out

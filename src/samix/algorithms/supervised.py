@@ -1,10 +1,11 @@
 """Supervised classification: vanilla, any static batch mixer, and manifold mixing.
 
-One step::
+One step on a batch ``(images, labels)``::
 
     vanilla:   loss = L(model(x), y)
     static:    r = mixer.mix(x);  loss = L(model(r.images), y, r.lam, r.index)
-    manifold:  (mixers with ``needs_model``) mix a hidden map inside the model, same loss
+    manifold:  (policies with ``needs_model``) mix a hidden map inside the model
+               (:func:`samix.algorithms.manifold.manifold_forward`), same loss
 
 ``L`` is the configured mixed loss (:func:`samix.losses.build_loss`), called as
 ``L(logits, labels, lam, index)``; without mixing ``lam = 1`` and ``index = arange``.
@@ -17,19 +18,21 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import Algorithm, register_algorithm
+from .base import Algorithm, register_algorithm, split_batch
+from .manifold import manifold_forward
 
 
 @register_algorithm("supervised")
 class Supervised(Algorithm):
-    def forward(self, images: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def forward(self, batch) -> Dict[str, Tensor]:
+        images, labels = split_batch(batch)
         b = images.shape[0]
         if self.mixer is None:
             logits = self.model(images)
             lam = torch.ones(b, device=images.device)
             index = torch.arange(b, device=images.device)
-        elif getattr(self.mixer, "needs_model", False):
-            logits, _, result = self.mixer.forward(self.model, images, labels)
+        elif self.mixer.needs_model:
+            logits, _, result = manifold_forward(self.mixer, self.model, images, labels)
             lam, index = result.lam, result.index
         else:
             result = self.mixer.mix(images)

@@ -36,34 +36,32 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torchvision.transforms import v2
 
-from .datasets import DatasetInfo, dataset_info
+from samix._checks import check_bool, check_number
+from samix._registry import Registry
+
+from .base import DatasetInfo, dataset_info
 
 Size = Union[int, Tuple[int, int]]
 
-_PRESETS: Dict[str, Callable[..., list]] = {}
+#: Transform presets by name: ``fn(train, size, *, crop_pct, **options) -> list[v2.Transform]``.
+PRESETS: Registry[Callable[..., list]] = Registry("preset")
+_PRESETS = PRESETS.entries
 
 
 def register_preset(name: str):
     """Register ``fn(train: bool, size, *, crop_pct, **options) -> list[v2.Transform]`` (the
     augmentation part, applied to uint8 ``tv_tensors.Image``) as preset ``name``."""
-
-    def deco(fn):
-        if name in _PRESETS:
-            raise ValueError(f"transform preset {name!r} is already registered")
-        _PRESETS[name] = fn
-        return fn
-
-    return deco
+    return PRESETS.register(name)
 
 
 def list_presets() -> list[str]:
     """Names of every transform preset, sorted."""
-    return sorted(_PRESETS)
+    return PRESETS.list()
 
 
 def _flip(flip: bool) -> list:
@@ -96,8 +94,7 @@ def _grayscale(train: bool, size: Optional[Size], *, crop_pct: float, padding: i
 
 
 def _center(size: Size, crop_pct: float) -> list:
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    check_number("crop_pct", crop_pct, low=0.0, low_open=True, high=1.0)
     resize = round(_short_side(size) / crop_pct) if isinstance(size, int) \
         else tuple(round(s / crop_pct) for s in size)
     return [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
@@ -172,10 +169,8 @@ def build_transform(preset: str, train: bool, info_or_mean_std, image_size: Opti
     Returns:
         a ``v2.Compose`` mapping an image to a normalised float32 ``[C, H, W]`` tensor.
     """
-    if not isinstance(preset, str) or preset not in _PRESETS:
-        raise ValueError(f"unknown transform preset {preset!r}; known presets: {', '.join(list_presets())}")
-    if not isinstance(train, bool):
-        raise TypeError(f"train must be a bool, got {type(train).__name__} ({train!r})")
+    fn = PRESETS.get(preset)
+    check_bool("train", train)
     if isinstance(info_or_mean_std, str):
         info_or_mean_std = dataset_info(info_or_mean_std)
     crop_pct = 0.875
@@ -198,7 +193,6 @@ def build_transform(preset: str, train: bool, info_or_mean_std, image_size: Opti
             raise ValueError(f"image_size must be a positive int or (h, w) pair, got {image_size!r}")
         image_size = image_size if ok_int else tuple(image_size)
     crop_pct = float(options.pop("crop_pct", crop_pct))
-    fn = _PRESETS[preset]
     accepted = [n for n, p in inspect.signature(fn).parameters.items()
                 if p.kind == p.KEYWORD_ONLY and n != "crop_pct"]
     unknown = sorted(set(options) - set(accepted))

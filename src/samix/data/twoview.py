@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from .datasets import dataset_labels
+from .base import dataset_labels
 
 
 class TwoViewDataset(Dataset):

@@ -6,39 +6,28 @@ with ``torch.load(..., weights_only=True)`` (no code runs on load).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from samix import _io
+
 
 def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``write(f)`` into ``path`` atomically (see :func:`samix._io.atomic_write`)."""
+    _io.atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    _io.atomic_write_text(path, text)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    _io.atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:

@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from samix._io import atomic_write_text
+from samix.algorithms import list_algorithms
+from samix.data import list_datasets
+from samix.losses import list_losses
+from samix.mixing import list_mixers
+from samix.models import list_models
 
 DEFAULTS = {
     "name": "run",
@@ -161,43 +168,15 @@ def validate(cfg: DictConfig, source: str = "<config>") -> None:
         if clash:
             raise ConfigError(f"config key 'loss.kwargs.{clash[0]}' in {source} conflicts with loss.decoupled_eta "
                               f"(which sets eta and takes the base loss from loss.name); drop one of them")
-    # Registries: names must exist (imported lazily: config loading stays cheap).
-    from samix.algorithms import list_algorithms
-    from samix.mixing import list_mixers
-    from samix.models import list_models
-
+    # Registries: names must exist.
     checks = [("algorithm.name", list_algorithms()), ("model.name", list_models()),
-              ("mixer.name", ["none"] + list_mixers())]
-    try:
-        from samix.data import list_datasets
-
-        checks.append(("data.name", list_datasets()))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from samix.losses import list_losses
-
-        checks.append(("loss.name", list_losses()))
-    except ImportError:  # pragma: no cover
-        pass
+              ("mixer.name", ["none"] + list_mixers()), ("data.name", list_datasets()), ("loss.name", list_losses())]
     for key, known in checks:
         value = OmegaConf.select(cfg, key)
         if key == "model.name" and isinstance(value, str) and value.startswith("timm:"):
             continue
         if value not in known:
             raise ConfigError(f"config key {key!r} in {source} must be one of {list(known)}, got {value!r}")
-
-
-def loss_spec(loss: DictConfig) -> Tuple[str, dict]:
-    """``(name, options)`` for :func:`samix.losses.build_loss` from the ``loss`` section:
-    ``loss.decoupled_eta`` turns ``ce`` / ``bce`` into Decoupled Mixup with that eta."""
-    options = OmegaConf.to_container(loss.kwargs, resolve=True) or {}
-    options["label_smoothing"] = float(loss.label_smoothing)
-    name = loss.name
-    if loss.get("decoupled_eta") is not None:
-        options.update(loss=name, eta=float(loss.decoupled_eta))
-        name = "decoupled"
-    return name, options
 
 
 def section_options(section: DictConfig, reserved: Iterable[str] = ("name",)) -> dict:
@@ -209,6 +188,4 @@ def section_options(section: DictConfig, reserved: Iterable[str] = ("name",)) ->
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), OmegaConf.to_yaml(cfg, resolve=True))

@@ -7,23 +7,27 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from omegaconf import OmegaConf
 
-from .checkpoint import atomic_write_text, load_checkpoint
+from samix._io import atomic_write_text
+from samix.data import build_dataset, stratified_subset
+from samix.evaluate import corruption_accuracy, evaluate_classifier, reliability_diagram
+
+from .assembly import build_algorithm_from_config, build_data
+from .checkpoint import load_checkpoint
 from .config import load_config
+from .rundir import MASK_LAMS, RunDir
 
 
 def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
     """(cfg, info, algorithm with the checkpoint's weights, test loader) of a run directory."""
-    from .trainer import build_algorithm_from_config, build_data
-
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
     cfg = load_config(cfg_path)
     cfg.out_dir = str(run_dir)
-    info, _, test_loader, _ = build_data(cfg, 0, 1)
+    data = build_data(cfg, 0, 1)
+    info, test_loader = data.info, data.test_loader
     dev = torch.device(device)
     algo = build_algorithm_from_config(cfg, info, dev, torch.Generator().manual_seed(0))
     ck = load_checkpoint(Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt", map_location=dev)
@@ -34,8 +38,6 @@ def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str 
 
 def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subset: Optional[int] = None,
                  checkpoint: Optional[str] = None) -> Dict[str, Any]:
-    from samix.evaluate import evaluate_classifier, reliability_diagram
-
     run_dir = Path(run_dir)
     cfg, info, algo, test_loader = load_run(run_dir, checkpoint)
     model = algo.eval_model()
@@ -46,9 +48,6 @@ def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subs
                                                      n_bins=int(cfg.eval.ece_bins), title=f"{cfg.name}"))
     if corruptions:
         from torchvision.transforms import v2
-
-        from samix.data import build_dataset, stratified_subset
-        from samix.evaluate import corruption_accuracy
 
         # corruptions apply to un-normalised [0, 1] images; normalisation follows inside
         raw = build_dataset(cfg.data.name, cfg.data.root, train=False,
@@ -66,11 +65,13 @@ def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subs
 
 
 def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
-    """Learned masks and mixed samples of a run (algorithms with visuals), on a fixed test batch."""
+    """Learned masks and mixed samples of a run (algorithms that learn masks) on a fixed test batch; the
+    mixing grid of the static policies otherwise."""
     cfg, info, algo, test_loader = load_run(run_dir)
-    images, labels = next(iter(test_loader))
-    n = int(cfg.viz.pairs) * 2
-    path = algo.save_visuals(Path(out).parent if out else Path(run_dir), int(cfg.epochs), images[:n], labels[:n])
+    images = algo.images_of(next(iter(test_loader)))[: int(cfg.viz.pairs) * 2]
+    rd = RunDir(Path(out).parent if out else Path(run_dir))
+    path = rd.save_masks(algo, images, int(cfg.epochs), title=f"{cfg.algorithm.name}: learned masks, "
+                                                             f"epoch {int(cfg.epochs)}")
     if path is None:
         from samix.viz import mixing_grid
 
@@ -78,12 +79,12 @@ def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
     return str(path)
 
 
-def compare_masks(run_dirs, out: str, pairs: int = 4, lams=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)):
+def compare_masks(run_dirs, out: str, pairs: int = 4, lams=MASK_LAMS):
     """One PNG with the learned masks of several runs (AutoMix, SAMix, ...) on the same test pairs.
 
-    Every run must be of an algorithm with a mask generator (``masks_for``) and all runs must use the
-    same dataset (the first ``2 * pairs`` test images of the first run are used for every run).
-    Returns ``(path, images, {run name: masks [L, P, 1, H, W]})``.
+    Every run must be of an algorithm that learns masks (:meth:`~samix.algorithms.Algorithm.masks_for`)
+    and all runs must use the same dataset (the first ``2 * pairs`` test images of the first run are
+    used for every run). Returns ``(path, images, {run name: masks [L, P, 1, H, W]})``.
     """
     from samix.viz import save_mask_comparison
 
@@ -93,19 +94,20 @@ def compare_masks(run_dirs, out: str, pairs: int = 4, lams=(0.0, 0.1, 0.3, 0.5, 
     masks, dataset = {}, None
     for d in run_dirs:
         cfg, _, algo, test_loader = load_run(d)
-        if not hasattr(algo, "masks_for"):
-            raise ValueError(f"{d}: algorithm {cfg.algorithm.name!r} learns no masks (only automix/samix runs "
-                             f"can be compared)")
         if dataset is None:
             dataset = cfg.data.name
-            images = next(iter(test_loader))[0][: 2 * pairs]
+            images = algo.images_of(next(iter(test_loader)))[: 2 * pairs]
         elif cfg.data.name != dataset:
             raise ValueError(f"{d}: data.name={cfg.data.name!r}, but the first run used {dataset!r}: "
                              "masks can be compared only on the same pairs")
+        m = algo.masks_for(images, list(lams))
+        if m is None:
+            raise ValueError(f"{d}: algorithm {cfg.algorithm.name!r} learns no masks (only runs of algorithms "
+                             f"with a mask generator, e.g. automix/samix, can be compared)")
         name = str(cfg.name or Path(d).name)
         if name in masks:
             name = f"{name} ({Path(d).name})"
-        masks[name] = algo.masks_for(images, list(lams))
+        masks[name] = m
     path = save_mask_comparison(out, images, masks, list(lams),
                                 title=f"learned masks on the same {images.shape[0] // 2} test pairs")
     return path, images, masks

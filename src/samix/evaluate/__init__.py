@@ -30,6 +30,8 @@ from .corruptions import (
 )
 from .metrics import evaluate_classifier, local_sample_limit, median_last, topk_accuracy, topk_correct, unpack_batch
 from .robustness import CorruptionReport, corruption_accuracy
+from .knn import extract_features, knn_accuracy, knn_evaluate, knn_predict, pooled_features
+from .linear_probe import LinearProbeConfig, train_linear_probe
 
 __all__ = [
     "topk_accuracy",
@@ -55,4 +57,11 @@ __all__ = [
     "corrupt",
     "CorruptionReport",
     "corruption_accuracy",
+    "pooled_features",
+    "extract_features",
+    "knn_predict",
+    "knn_accuracy",
+    "knn_evaluate",
+    "LinearProbeConfig",
+    "train_linear_probe",
 ]

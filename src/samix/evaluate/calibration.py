@@ -26,6 +26,9 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from samix._checks import check_choice, check_class_indices, check_int
+from samix._plot import new_figure, save_figure
+
 __all__ = [
     "to_probabilities",
     "calibration_bin_stats",
@@ -40,9 +43,7 @@ _INPUT_KINDS = ("auto", "probs", "logits")
 
 
 def _check_n_bins(n_bins) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
-    return n_bins
+    return check_int("n_bins", n_bins, low=1, type_error=ValueError)
 
 
 def _check_scores_labels(scores, labels) -> None:
@@ -52,18 +53,7 @@ def _check_scores_labels(scores, labels) -> None:
         raise ValueError(f"probs_or_logits must be a non-empty 2-D [N, K] tensor, got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise TypeError(f"probs_or_logits must be floating point, got {scores.dtype}")
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(
-            f"labels must be 1-D with one entry per row of probs_or_logits ({scores.shape[0]}), "
-            f"got shape {tuple(labels.shape)}"
-        )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= scores.shape[1]:
-        raise ValueError(f"labels must lie in [0, {scores.shape[1]}), got values in [{lo}, {hi}]")
+    check_class_indices(labels, scores.shape[0], scores.shape[1], rows_of="probs_or_logits")
 
 
 def to_probabilities(probs_or_logits: Tensor, inputs: str = "auto") -> Tensor:
@@ -72,8 +62,7 @@ def to_probabilities(probs_or_logits: Tensor, inputs: str = "auto") -> Tensor:
     ``inputs="auto"``: rows already in ``[0, 1]`` that sum to 1 (within 1e-3) are taken as
     probabilities, anything else goes through a softmax.
     """
-    if inputs not in _INPUT_KINDS:
-        raise ValueError(f"inputs must be one of {_INPUT_KINDS}, got {inputs!r}")
+    check_choice("inputs", inputs, _INPUT_KINDS)
     x = probs_or_logits.detach().float()
     if inputs == "logits":
         return x.softmax(1)
@@ -188,30 +177,13 @@ def plot_reliability(ax, probs_or_logits: Tensor, labels: Tensor, n_bins: int = 
     return ece
 
 
-def _new_figure(figsize, dpi):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> Path:
-    path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
 def reliability_diagram(path: Union[str, os.PathLike], logits: Tensor, labels: Tensor, n_bins: int = 15,
                         title: Optional[str] = None, inputs: str = "auto", dpi: int = 150) -> Path:
     """Save a reliability diagram (like automix.txt Fig. 6) of one model to ``path`` (PNG, or any
     format matplotlib infers from the suffix); returns the path. See :func:`plot_reliability`."""
-    fig = _new_figure((4.2, 4.2), dpi)
+    fig = new_figure(4.2, 4.2, dpi)
     plot_reliability(fig.add_subplot(1, 1, 1), logits, labels, n_bins=n_bins, title=title, inputs=inputs)
-    return _save(fig, path)
+    return save_figure(fig, path, tight_layout=True)
 
 
 def reliability_grid(path: Union[str, os.PathLike], runs: Mapping[str, Tuple[Tensor, Tensor]], n_bins: int = 15,
@@ -220,14 +192,12 @@ def reliability_grid(path: Union[str, os.PathLike], runs: Mapping[str, Tuple[Ten
     layout of automix.txt Fig. 6; returns the path."""
     if not runs:
         raise ValueError("runs must hold at least one {title: (logits, labels)} entry, got none")
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
-    ncols = min(ncols, len(runs))
+    ncols = min(check_int("ncols", ncols, low=1, type_error=ValueError), len(runs))
     nrows = -(-len(runs) // ncols)
-    fig = _new_figure((3.6 * ncols, 3.6 * nrows), dpi)
+    fig = new_figure(3.6 * ncols, 3.6 * nrows, dpi)
     for i, (name, pair) in enumerate(runs.items()):
         if not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(f"runs[{name!r}] must be a (logits, labels) pair, got {type(pair).__name__}")
         plot_reliability(fig.add_subplot(nrows, ncols, i + 1), pair[0], pair[1], n_bins=n_bins, title=name,
                          inputs=inputs)
-    return _save(fig, path)
+    return save_figure(fig, path, tight_layout=True)

@@ -64,6 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samix._checks import argument_error, is_int
+from samix._registry import Registry
+
 __all__ = [
     "SEVERITIES",
     "CORRUPTION_PARAMS",
@@ -138,7 +141,9 @@ class CorruptionSpec:
     fn: Callable[[Tensor, object, Optional[torch.Generator]], Tensor]
 
 
-_REGISTRY: Dict[str, CorruptionSpec] = {}
+#: Registered corruptions by name, in registration order (the benchmark's).
+CORRUPTIONS: Registry[CorruptionSpec] = Registry("corruption", sort=False)
+_REGISTRY = CORRUPTIONS.entries
 
 
 def register_corruption(name: str, category: str, params: Sequence):
@@ -152,9 +157,7 @@ def register_corruption(name: str, category: str, params: Sequence):
         raise ValueError(f"params must have one entry per severity ({len(SEVERITIES)}), got {len(params)}")
 
     def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"corruption {name!r} is already registered")
-        _REGISTRY[name] = CorruptionSpec(name, category, params, fn)
+        CORRUPTIONS.register(name, CorruptionSpec(name, category, params, fn))
         return fn
 
     return deco
@@ -162,19 +165,17 @@ def register_corruption(name: str, category: str, params: Sequence):
 
 def list_corruptions() -> list[str]:
     """Names of the registered corruptions, in the benchmark's order (noise, blur, weather, digital)."""
-    return list(_REGISTRY)
+    return CORRUPTIONS.list()
 
 
 def get_corruption(name: str) -> CorruptionSpec:
     """The :class:`CorruptionSpec` of ``name``; unknown names raise ``ValueError`` listing the known ones."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown corruption {name!r}; known corruptions: {', '.join(list_corruptions())}")
-    return _REGISTRY[name]
+    return CORRUPTIONS.get(name)
 
 
 def _check_severity(severity) -> int:
-    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of the ints {list(SEVERITIES)}, got {severity!r}")
+    if not is_int(severity) or severity not in SEVERITIES:
+        raise argument_error("severity", f"one of the ints {list(SEVERITIES)}", severity)
     return severity
 
 

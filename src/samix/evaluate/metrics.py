@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samix._checks import check_class_indices, check_int
+
 from .calibration import calibration_bin_stats, ece_from_bin_stats
 
 __all__ = ["topk_correct", "topk_accuracy", "median_last", "evaluate_classifier", "unpack_batch"]
@@ -64,17 +66,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
         raise ValueError(f"logits must be a non-empty 2-D [N, K] tensor, got shape {tuple(logits.shape)}")
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"labels must have shape [{logits.shape[0]}] (one per row of logits), got {tuple(labels.shape)}"
-        )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= logits.shape[1]:
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got values in [{lo}, {hi}]")
+    check_class_indices(labels, logits.shape[0], logits.shape[1], rows_of="logits")
     counts = topk_correct(logits.detach(), labels.to(logits.device), ks)
     return [100.0 * float(c) / logits.shape[0] for c in counts.cpu()]
 
@@ -86,8 +78,7 @@ def median_last(values: Iterable[float], k: int = 10) -> float:
     middle values (``statistics.median``). Raises ``ValueError`` on an empty sequence or a
     non-finite value.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = check_int("k", k, low=1, type_error=ValueError)
     if isinstance(values, Tensor):
         values = values.detach().flatten().tolist()
     try:
@@ -118,10 +109,7 @@ def unpack_batch(batch) -> Tuple[Tensor, Tensor]:
 
 
 def _check_max_batches(max_batches) -> None:
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    check_int("max_batches", max_batches, low=1, none_ok=True, type_error=ValueError)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -233,8 +221,7 @@ def evaluate_classifier(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     ks = _check_ks(ks)
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    check_int("n_bins", n_bins, low=1, type_error=ValueError)
     _check_max_batches(max_batches)
     if amp_dtype is not None and not (isinstance(amp_dtype, torch.dtype) and amp_dtype.is_floating_point):
         raise TypeError(f"amp_dtype must be a floating torch.dtype or None, got {amp_dtype!r}")

@@ -28,10 +28,10 @@ All losses compute in float32 and return a 0-d tensor (``reduction="mean"`` or
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from samix._checks import check_choice, check_number, check_probability
 
 __all__ = ["linear_weight", "mask_l1_loss", "mask_l2_loss", "mask_mean", "mask_variance_loss"]
 
@@ -65,10 +65,7 @@ def _check_lam(lam, b: int, device) -> Tensor:
 
 
 def _check_margin(margin) -> float:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) \
-            or margin < 0:
-        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
-    return float(margin)
+    return check_number("margin", margin, low=0.0, type_error=ValueError)
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -76,9 +73,8 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
         return values.mean()
     if reduction == "sum":
         return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    return values
 
 
 def mask_mean(mask: Tensor) -> Tensor:
@@ -131,11 +127,7 @@ def linear_weight(progress, start: float = 0.1, end: float = 0.0) -> float:
     """
     if isinstance(progress, Tensor) and progress.numel() == 1:
         progress = progress.item()
-    if isinstance(progress, bool) or not isinstance(progress, (int, float)):
-        raise TypeError(f"progress must be a number in [0, 1], got {type(progress).__name__} ({progress!r})")
-    if not 0.0 <= progress <= 1.0:  # also rejects nan
-        raise ValueError(f"progress must lie in [0, 1] (fraction of training done), got {progress}")
-    for name, value in (("start", start), ("end", end)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(start) + (float(end) - float(start)) * float(progress)
+    progress = check_probability("progress", progress)
+    start = check_number("start", start, type_error=ValueError)
+    end = check_number("end", end, type_error=ValueError)
+    return start + (end - start) * progress

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from samix._checks import check_choice, check_int, check_number
+
 MODES = ("batch", "elem")
 
 
@@ -46,20 +48,8 @@ class MixResult:
     mask: Optional[Tensor] = None
 
 
-def _check_number(name: str, value, low=None, high=None, low_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None:
-        if low_open and value <= low:
-            raise ValueError(f"{name} must be > {low}, got {value}")
-        if not low_open and value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-    return value
+#: Kept for the policies that import it from here (``from .base import _check_number``).
+_check_number = check_number
 
 
 def check_images(images) -> None:
@@ -116,19 +106,21 @@ class Mixer:
         label_smoothing: float = 0.0,
         generator: Optional[torch.Generator] = None,
     ) -> None:
-        self.alpha = _check_number("alpha", alpha, low=0.0, low_open=True)
-        self.prob = _check_number("prob", prob, low=0.0, high=1.0)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-        self.mode = mode
-        self.label_smoothing = _check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-        if num_classes is not None:
-            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.alpha = check_number("alpha", alpha, low=0.0, low_open=True)
+        self.prob = check_number("prob", prob, low=0.0, high=1.0)
+        self.mode = check_choice("mode", mode, MODES)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.num_classes = check_int("num_classes", num_classes, low=1, none_ok=True, type_error=ValueError)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.generator = generator
+
+    # ------------------------------------------------------------------ the run's data
+    def bind_data(self, dataset: Optional[str] = None, image_size=None) -> None:
+        """Hook: the engine tells the policy which data it will mix (``data.name`` and ``data.image_size``
+        of the config; ``None``: the dataset's default size) before training. Most policies need nothing
+        (this default does nothing); a policy built from a file (``samix_p``) checks the file against the
+        data and sets up re-normalisation."""
 
     # ------------------------------------------------------------------ random draws
     @property

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, lam_tensor, mask_mix
+from samix._checks import check_number
+
+from .base import MixResult, Mixer, lam_tensor, mask_mix
 from .registry import register_mixer
 
 
@@ -71,7 +73,7 @@ class FMix(Mixer):
 
     def __init__(self, *args, decay_power: float = 3.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.decay_power = _check_number("decay_power", decay_power, low=0.0, low_open=True)
+        self.decay_power = check_number("decay_power", decay_power, low=0.0, low_open=True)
 
     def sample_masks(self, n: int, h: int, w: int, lam: np.ndarray, device) -> tuple[Tensor, np.ndarray]:
         """``n`` bool masks ``[n, 1, h, w]`` (True = original) and the realised lam ``[n]`` (float64)."""

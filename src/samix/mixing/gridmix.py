@@ -23,19 +23,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from samix._checks import argument_error, is_int
+
 from .base import MixResult, Mixer, mask_mix
 from .registry import register_mixer
 
 
 def _check_int_range(name: str, value, minimum: int = 1) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    """An int ``n`` (meaning ``(n, n)``) or a pair ``(low, high)`` with ``minimum <= low <= high``."""
+    if is_int(value):
         value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in value)):
-        raise TypeError(f"{name} must be an int or a pair of ints (low, high), got {value!r}")
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(is_int(v) for v in value):
+        raise argument_error(name, "an int or a pair of ints (low, high)", value, error=TypeError)
     low, high = int(value[0]), int(value[1])
     if low < minimum or high < low:
-        raise ValueError(f"{name} must satisfy {minimum} <= low <= high, got ({low}, {high})")
+        raise argument_error(name, f"a pair with {minimum} <= low <= high", (low, high))
     return low, high
 
 

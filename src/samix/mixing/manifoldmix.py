@@ -17,8 +17,10 @@ paper's CIFAR setting. Note that this ``0`` is not ``Backbone.features(x, 0)`` (
 ManifoldMix never mixes the stem output. ``k = 4`` (the last map, i.e. the pooled features, since
 pooling is linear) is allowed.
 
-``mixer(images, labels)`` without a model is plain input mixup (``k = 0``); ``mixer.forward(model,
-images, labels)`` runs the whole manifold step. ``lam`` weights the original sample, as everywhere in
+This policy knows no model: it draws the layer (:meth:`ManifoldMix.sample_stage`) and mixes whatever
+map it is given (``mixer.mix(h)``; ``mixer(images, labels)`` is plain input mixup, ``k = 0``). Running
+the model around the mix is the algorithm's part: :func:`samix.algorithms.manifold.manifold_forward`
+(which ``samix train`` uses with ``mixer.name=manifoldmix``). ``lam`` weights the original sample, as everywhere in
 samix; ``mode="elem"`` draws one ``lam`` per sample, ``prob`` mixes a batch (or sample) with that
 probability. For ViT backbones, whose class token lives beside the patch map, the model's
 ``mix_extra_state(index, lam)`` hook mixes it with the same weights, so the whole token sequence is
@@ -28,12 +30,11 @@ mixed. The papers' recipes use ``alpha=2`` on CIFAR-100 and ``alpha=0.2`` on Tin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
-from torch import Tensor, nn
 
-from .base import MixResult, check_images
+from .base import MixResult
 from .mixup import MixUp
 from .registry import register_mixer
 
@@ -45,7 +46,7 @@ class ManifoldMixResult(MixResult):
     stage: int = 0
 
 
-def _check_stages(stages) -> Tuple[int, ...]:
+def check_stages(stages) -> Tuple[int, ...]:
     if isinstance(stages, int) and not isinstance(stages, bool):
         stages = (stages,)
     if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence):
@@ -75,7 +76,7 @@ class ManifoldMix(MixUp):
 
     def __init__(self, stages: Union[int, Sequence[int]] = (0, 1, 2), **kwargs) -> None:
         super().__init__(**kwargs)
-        self.stages = _check_stages(stages)
+        self.stages = check_stages(stages)
 
     def sample_stage(self) -> int:
         """One layer drawn uniformly from ``stages`` with the mixer's generator."""
@@ -83,37 +84,6 @@ class ManifoldMix(MixUp):
             return self.stages[0]
         i = int(torch.randint(len(self.stages), (1,), generator=self.generator, device=self._gen_device).item())
         return self.stages[i]
-
-    def forward(self, model: nn.Module, images: Tensor, labels: Tensor,
-                stage: Optional[int] = None) -> Tuple[Tensor, Tensor, ManifoldMixResult]:
-        """One manifold-mixup forward: ``(logits, targets, result)``.
-
-        ``stage`` overrides the random draw. ``targets`` are float32 ``[B, K]`` soft targets (rows
-        sum to 1); ``result.images`` is the mixed map, ``result.stage`` the layer used.
-        """
-        from samix.targets import check_labels, mix_targets
-
-        check_images(images)
-        check_labels(labels, images.shape[0], self.num_classes)
-        k = self.sample_stage() if stage is None else _check_stages(stage)[0]
-        if k > 0:
-            if not (callable(getattr(model, "features", None)) and callable(getattr(model, "forward_from", None))):
-                raise TypeError(f"model must be a samix Backbone (with features/forward_from) to mix at stage {k}, "
-                                f"got {type(model).__name__}")
-            num_stages = int(getattr(model, "num_stages", 4))
-            if k > num_stages:
-                raise ValueError(f"stage {k} is beyond the model's {num_stages} stages (stages={self.stages})")
-            result = self.mix(model.features(images, k))
-            hook = getattr(model, "mix_extra_state", None)
-            if callable(hook):
-                hook(result.index, result.lam)
-            logits = model.forward_from(result.images, k)
-        else:
-            result = self.mix(images)
-            logits = model(result.images)
-        targets = mix_targets(labels, result, num_classes=self.num_classes,
-                              label_smoothing=self.label_smoothing, dtype=torch.float32)
-        return logits, targets, ManifoldMixResult(result.images, result.lam, result.index, None, stage=k)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", stages={self.stages})"

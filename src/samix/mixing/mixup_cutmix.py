@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, mask_mix
+from samix._checks import check_number
+
+from .base import MixResult, Mixer, mask_mix
 from .boxes import box_area_fraction, boxes_to_mask, random_boxes
 from .cutmix import CutMix
 from .mixup import MixUp
@@ -45,10 +47,10 @@ class MixupCutmix(Mixer):
     def __init__(self, *args, switch_prob: float = 0.5, cutmix_alpha: Optional[float] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.switch_prob = _check_number("switch_prob", switch_prob, low=0.0, high=1.0)
+        self.switch_prob = check_number("switch_prob", switch_prob, low=0.0, high=1.0)
         if cutmix_alpha is None:
             cutmix_alpha = self.alpha
-        self.cutmix_alpha = _check_number("cutmix_alpha", cutmix_alpha, low=0.0, low_open=True)
+        self.cutmix_alpha = check_number("cutmix_alpha", cutmix_alpha, low=0.0, low_open=True)
         # batch mode delegates to the two policies (their _mix only, never their draws of lam)
         self._cutmix = CutMix(alpha=self.cutmix_alpha)
         self._mixup = MixUp(alpha=self.alpha)

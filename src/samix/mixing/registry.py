@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Type
+from typing import Callable, Type
 
-_MIXERS: Dict[str, type] = {}
+from samix._registry import Registry
+
+#: The mixing policies; registering a class sets ``cls.name`` to its name.
+MIXERS: Registry[type] = Registry("mixer", name_attr="name")
+_MIXERS = MIXERS.entries  # the live dict (tests insert throw-away policies into it)
+# Policies built on a higher layer, imported the first time their name is used (see Registry.declare):
+MIXERS.declare("samix_p", "samix.pretrained.policy")
 
 
 def register_mixer(name: str) -> Callable[[Type], Type]:
-    def deco(cls):
-        if name in _MIXERS:
-            raise ValueError(f"mixer {name!r} is already registered ({_MIXERS[name].__name__})")
-        cls.name = name
-        _MIXERS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: register a :class:`~samix.mixing.base.Mixer` subclass as ``name``."""
+    return MIXERS.register(name)
 
 
 def list_mixers() -> list[str]:
     """Names of every registered mixing policy, sorted."""
-    return sorted(_MIXERS)
+    return MIXERS.list()
 
 
 def get_mixer_class(name: str) -> type:
-    if not isinstance(name, str) or name not in _MIXERS:
-        raise ValueError(f"unknown mixer {name!r}; known mixers: {', '.join(list_mixers())}")
-    return _MIXERS[name]
+    """The class registered as ``name``; ``ValueError`` naming the known mixers otherwise."""
+    return MIXERS.get(name)
 
 
 def build_mixer(name: str, **kwargs):
@@ -68,7 +67,7 @@ def _option_hint(name: str, err: TypeError):
     if m is None:
         return None
     option = m.group(1)
-    owners = [n for n, c in sorted(_MIXERS.items()) if n != name and option in _init_options(c)]
+    owners = [n for n, c in MIXERS.items() if n != name and option in _init_options(c)]
     if not owners:
         return f"mixer {name!r} takes {sorted(_init_options(_MIXERS[name]))}"
     return (f"option {option!r} belongs to mixer(s) {owners}, not to {name!r} "

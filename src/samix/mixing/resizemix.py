@@ -32,18 +32,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, gather_batch, lam_tensor
+from samix._checks import argument_error, check_number
+
+from .base import MixResult, Mixer, gather_batch, lam_tensor
 from .boxes import box_area_fraction, boxes_to_mask
 from .registry import register_mixer
 
 
 def _check_scope(scope) -> tuple[float, float]:
     if not isinstance(scope, (tuple, list)) or len(scope) != 2:
-        raise TypeError(f"scope must be a pair (low, high) of numbers, got {scope!r}")
-    low = _check_number("scope[0]", scope[0], low=0.0, low_open=True, high=1.0)
-    high = _check_number("scope[1]", scope[1], low=0.0, low_open=True, high=1.0)
+        raise argument_error("scope", "a pair (low, high) of numbers", scope, error=TypeError)
+    low = check_number("scope[0]", scope[0], low=0.0, low_open=True, high=1.0)
+    high = check_number("scope[1]", scope[1], low=0.0, low_open=True, high=1.0)
     if high < low:
-        raise ValueError(f"scope must satisfy 0 < low <= high <= 1, got ({low}, {high})")
+        raise argument_error("scope", "a pair with 0 < low <= high <= 1", (low, high))
     return low, high
 
 

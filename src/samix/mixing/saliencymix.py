@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samix._checks import check_int
+
 from .base import MixResult, Mixer, lam_tensor, mask_mix
 from .boxes import box_area_fraction, box_size, boxes_at, boxes_to_mask
 from .registry import register_mixer
@@ -117,9 +119,7 @@ class SaliencyMix(Mixer):
 
     def __init__(self, *args, saliency_size: int = 64, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(saliency_size, bool) or not isinstance(saliency_size, int) or saliency_size < 1:
-            raise ValueError(f"saliency_size must be a positive int, got {saliency_size!r}")
-        self.saliency_size = saliency_size
+        self.saliency_size = check_int("saliency_size", saliency_size, low=1, type_error=ValueError)
 
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray) -> MixResult:
         b = images.shape[0]

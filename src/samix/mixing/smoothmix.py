@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, mask_mix
+from samix._checks import check_choice, check_number
+
+from .base import MixResult, Mixer, mask_mix
 from .registry import register_mixer
 
 SHAPES = ("square", "circle", "random")
@@ -105,10 +107,8 @@ class SmoothMix(Mixer):
 
     def __init__(self, *args, shape: str = "square", softness: float = 0.5, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if shape not in SHAPES:
-            raise ValueError(f"shape must be one of {list(SHAPES)}, got {shape!r}")
-        self.shape = shape
-        self.softness = _check_number("softness", softness, low=0.0, low_open=True, high=1.0)
+        self.shape = check_choice("shape", shape, SHAPES)
+        self.softness = check_number("softness", softness, low=0.0, low_open=True, high=1.0)
 
     def sample_masks(self, lam: np.ndarray, h: int, w: int, device, dtype) -> Tensor:
         """Soft masks ``[N, 1, h, w]`` (weight of the original), ``N = lam.size``."""

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from torch import Tensor, nn
 
+from samix._checks import argument_error, check_int, check_number, is_int
+from samix._checks import check_choice  # noqa: F401 (the backbones import it from here)
+
 
 def check_builder_args(num_classes, in_chans, width) -> float:
     """Validate the arguments every model builder takes; return ``width`` as a float."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, pooled features), got {num_classes!r}")
-    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-    if isinstance(width, bool) or not isinstance(width, (int, float)):
-        raise TypeError(f"width must be a number (a multiplier of the base width), got {type(width).__name__}")
-    width = float(width)
-    if not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a finite number > 0, got {width}")
-    return width
+    if not is_int(num_classes) or num_classes < 0:
+        raise argument_error("num_classes", "an int >= 0 (0: no classifier, pooled features)", num_classes)
+    check_int("in_chans", in_chans, low=1, type_error=ValueError)
+    return check_number("width", width, low=0.0, low_open=True)
 
 
 def scaled(channels: int, width: float, multiple: int = 1) -> int:
@@ -27,15 +23,9 @@ def scaled(channels: int, width: float, multiple: int = 1) -> int:
     return max(multiple, int(round(channels * width / multiple)) * multiple)
 
 
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
 def check_rate(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """A dropout-like rate in ``[0, 1)``."""
+    return check_number(name, value, low=0.0, high=1.0, high_open=True, type_error=ValueError)
 
 
 class PoolLinearHead(nn.Module):

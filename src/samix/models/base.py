@@ -14,10 +14,13 @@ read stage ``l``; ManifoldMix mixes ``h_k`` for a random ``k`` and continues wit
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from samix._checks import check_int
+from samix._registry import Registry
 
 
 class Backbone(nn.Module):
@@ -57,39 +60,31 @@ class Backbone(nn.Module):
 
 
 def _check_stage(stage: int, num_stages: int) -> None:
-    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= num_stages:
-        raise ValueError(f"stage must be an int in [0, {num_stages}], got {stage!r}")
+    check_int("stage", stage, low=0, high=num_stages, type_error=ValueError)
 
 
-_MODELS: Dict[str, Callable[..., Backbone]] = {}
-_NAMESPACES: Dict[str, Callable[..., Backbone]] = {}
+#: Backbone builders ``fn(num_classes=, in_chans=, width=, **kwargs) -> Backbone`` by name.
+MODELS: Registry[Callable[..., Backbone]] = Registry("model")
+#: Builders of name families ``"<prefix>:<name>"`` by prefix (e.g. ``"timm"``).
+MODEL_NAMESPACES: Registry[Callable[..., Backbone]] = Registry("model namespace")
+_MODELS = MODELS.entries
+_NAMESPACES = MODEL_NAMESPACES.entries
 
 
 def register_model(name: str):
-    def deco(fn):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register a backbone builder as ``name``."""
+    return MODELS.register(name)
 
 
 def register_model_namespace(prefix: str):
     """Register a builder for a family of names ``"<prefix>:<name>"`` (e.g. ``"timm:resnet18"``);
     it is called as ``builder(name, num_classes=..., in_chans=..., width=..., **kwargs)``."""
-
-    def deco(fn):
-        if prefix in _NAMESPACES:
-            raise ValueError(f"model namespace {prefix!r} is already registered")
-        _NAMESPACES[prefix] = fn
-        return fn
-
-    return deco
+    return MODEL_NAMESPACES.register(prefix)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """Names of the registered backbones, sorted (``"<prefix>:<name>"`` families not included)."""
+    return MODELS.list()
 
 
 def build_model(name: str, num_classes: int, in_chans: int = 3, width: float = 1.0, pretrained=None,
@@ -104,14 +99,14 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, width: float = 1
         from .weights import check_weights_path
 
         pretrained = check_weights_path(pretrained)
-    if isinstance(name, str) and name in _MODELS:
-        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
-    elif isinstance(name, str) and name.partition(":")[0] in _NAMESPACES and name.partition(":")[2]:
+    if name in MODELS:
+        model = MODELS.build(name, num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
+    elif isinstance(name, str) and name.partition(":")[0] in MODEL_NAMESPACES and name.partition(":")[2]:
         prefix, _, sub = name.partition(":")
-        model = _NAMESPACES[prefix](sub, num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)
+        model = MODEL_NAMESPACES.build(prefix, sub, num_classes=num_classes, in_chans=in_chans, width=width,
+                                       **kwargs)
     else:
-        spaces = "".join(f", {p}:<name>" for p in sorted(_NAMESPACES))
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}{spaces}")
+        raise MODELS.unknown(name, also=[f"{p}:<name>" for p in MODEL_NAMESPACES.list()])
     if pretrained is not None:
         from .weights import load_pretrained
 

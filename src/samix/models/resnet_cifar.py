@@ -30,6 +30,8 @@ from typing import Sequence, Type, Union
 
 from torch import Tensor, nn
 
+from samix._checks import check_int
+
 from ._common import (ClassifierMixin, PoolLinearHead, check_builder_args, check_rate, conv1x1, conv3x3,
                       init_conv_bn, scaled, stage_list)
 from .base import Backbone, register_model
@@ -170,8 +172,7 @@ class WideResNet(ClassifierMixin, Backbone):
         head_drop_rate = check_rate("head_drop_rate", head_drop_rate)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be an int of the form 6n + 4 (e.g. 28), got {depth!r}")
-        if isinstance(widen, bool) or not isinstance(widen, int) or widen < 1:
-            raise ValueError(f"widen must be a positive int, got {widen!r}")
+        check_int("widen", widen, low=1, type_error=ValueError)
         self.num_classes = num_classes
         n = (depth - 4) // 6
         base = scaled(16, width)

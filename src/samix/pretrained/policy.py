@@ -2,7 +2,7 @@
 
 A static policy from the engine's point of view (algorithm ``supervised``): no momentum pipeline,
 no generation loss. The Mixer and the encoder stages it reads come from a file written by
-``samix export-mixer RUN_DIR OUT.safetensors`` (:mod:`samix.generators.pretrained`). One call::
+``samix export-mixer RUN_DIR OUT.safetensors`` (:mod:`samix.pretrained.format`). One call::
 
     lam ~ Beta(alpha, alpha), index = randperm(B)             # the base class's draws
     z   = E(renorm(x), l)                                     # frozen encoder, no grad, eval mode
@@ -18,7 +18,12 @@ Config interface: ``mixer.name=samix_p mixer.pretrained=PATH`` in any supervised
 ``mixer.pretrained`` option belongs to this policy only: with another ``mixer.name``,
 :func:`samix.mixing.build_mixer` fails naming ``samix_p``). Set ``mixer.dataset: ${data.name}``
 (and ``mixer.image_size: ${data.image_size}``) to have the file checked against the run's data
-when the mixer is built, as the shipped ``samix_p`` configs do.
+when the mixer is built, as the shipped ``samix_p`` configs do; otherwise ``samix train`` binds it to
+the run's ``data.name`` through the policy hook :meth:`~samix.mixing.Mixer.bind_data`.
+
+Where it lives: a policy (registered in :mod:`samix.mixing` as ``samix_p``) that sits one floor above
+:mod:`samix.generators`, because it runs a generator; the mixing registry loads this module the
+first time the name is used (a declared plugin, see :mod:`samix.mixing.registry`).
 
 Compatibility with the data (errors name the metadata field, the file's and the data's value):
 
@@ -55,8 +60,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import MixResult, Mixer, _check_number, lam_tensor, mask_mix
-from .registry import register_mixer
+from samix.data import dataset_info
+from samix.mixing.base import MixResult, Mixer, _check_number, lam_tensor, mask_mix
+from samix.mixing.registry import register_mixer
+
+from .runtime import load_pretrained_mixer
 
 
 @register_mixer("samix_p")
@@ -85,8 +93,6 @@ class SAMixP(Mixer):
                  mixup_fallback: float = 0.08) -> None:
         super().__init__(alpha=alpha, num_classes=num_classes, prob=prob, mode=mode,
                          label_smoothing=label_smoothing, generator=generator)
-        from samix.generators.pretrained import load_pretrained_mixer
-
         if pretrained is None:
             raise ValueError("samix_p needs pretrained=PATH (config: mixer.pretrained=PATH), the .safetensors "
                              "file written by `samix export-mixer RUN_DIR PATH`")
@@ -99,21 +105,26 @@ class SAMixP(Mixer):
         self._placement: Tuple = (torch.device("cpu"), torch.float32)
         self._bound = False
         self._warned = False
-        if dataset is not None or mean is not None or std is not None or image_size is not None:
-            self.bind_data(dataset=dataset, mean=mean, std=std, image_size=image_size)
+        self._explicit = dataset is not None or mean is not None or std is not None or image_size is not None
+        if self._explicit:
+            self._bind(dataset=dataset, mean=mean, std=std, image_size=image_size)
 
     # ------------------------------------------------------------------ data binding
-    def bind_data(self, dataset: Optional[str] = None, mean: Optional[Sequence[float]] = None,
-                  std: Optional[Sequence[float]] = None, in_chans: Optional[int] = None, image_size=None) -> None:
-        """Check the file against the run's data and set up re-normalisation (see the module docstring).
+    def bind_data(self, dataset: Optional[str] = None, image_size=None) -> None:
+        """The engine's hook (:meth:`samix.mixing.Mixer.bind_data`): check the file against the run's data
+        and set up re-normalisation, unless the policy was given its data explicitly when built."""
+        if not self._explicit:
+            self._bind(dataset=dataset, image_size=image_size)
+
+    def _bind(self, dataset: Optional[str] = None, mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None, in_chans: Optional[int] = None, image_size=None) -> None:
+        """Check the file against the data and set up re-normalisation (see the module docstring).
 
         ``dataset`` supplies defaults for ``mean``, ``std``, ``in_chans`` and ``image_size``; explicit
         values win. Raises ``ValueError`` naming the metadata field that does not fit.
         """
         where = "the config"
         if dataset is not None:
-            from samix.data import dataset_info
-
             info = dataset_info(dataset)
             where = f"the config (data.name={dataset})"
             mean = info.mean if mean is None else mean

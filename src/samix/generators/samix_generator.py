@@ -1,5 +1,5 @@
-"""SAMix's Mixer ("Mix Block+"): adaptive lambda encoding, mixing attention, non-linear content,
-lambda adjusting.
+"""SAMix's Mixer ("Mix Block+"), the class :class:`SAMixGenerator`: adaptive lambda encoding, mixing
+attention, non-linear content, lambda adjusting.
 
 Papers: samix.txt Sec. 3.2 (Eq. 9-11) and A.2; amix.txt Sec. 3.2 (Eq. 5). With
 ``j = index[i]``::
@@ -38,7 +38,7 @@ where it starts - and freeze the encoding off for good; a straight-through
 clamp would let pushes against the bound drag the raw value arbitrarily far
 out. Here a push against the bound leaves ``gamma_raw`` where it is (up to the
 optimizer's momentum) and the first gradient pointing inward moves it back.
-Read the effective value with :attr:`Mixer.gamma`. With ``gamma = 0`` (the init)
+Read the effective value with :attr:`SAMixGenerator.gamma`. With ``gamma = 0`` (the init)
 the mask does not depend on ``lam`` except through lambda adjusting; the mask
 and generation losses teach ``gamma`` to grow. Measured with the mask loss
 alone on fixed random features, ``gamma`` climbs to its bound 1 and the mask
@@ -116,7 +116,7 @@ from .mixblock import (
     upsample_mask,
 )
 
-__all__ = ["Mixer", "lambda_adjust"]
+__all__ = ["SAMixGenerator", "lambda_adjust"]
 
 
 def lambda_adjust(mask: Tensor, lam) -> Tensor:
@@ -215,7 +215,7 @@ class _LamConv(nn.Module):
         return y
 
 
-class Mixer(nn.Module):
+class SAMixGenerator(nn.Module):
     """SAMix's Mixer (see the module docstring for formulas and documented choices).
 
     Args:

@@ -1,0 +1,166 @@
+"""Assembly: data, model, mixer, loss and algorithm from a config (nothing runs here).
+
+``build_data`` asks the algorithm's class what its training set must yield
+(:meth:`~samix.algorithms.Algorithm.wrap_dataset`: one view and a label, two views, ...);
+``build_algorithm_from_config`` builds the model, the mixing policy (and gives it the run's data facts
+through the policy hook :meth:`~samix.mixing.Mixer.bind_data`), the loss and the algorithm.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Sampler
+
+from samix.algorithms import Algorithm, build_algorithm, get_algorithm_class
+from samix.algorithms.base import TransformedDataset
+from samix.data import build_dataset, build_transform, dataset_info, stratified_subset
+from samix.losses import build_loss
+from samix.mixing import build_mixer
+from samix.models import build_model
+
+from .config import ConfigError, section_options
+
+#: the value of ``mixer.name`` that means "no mixing policy" (a config word, not a policy)
+NO_MIXER = "none"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r takes indices r, r+W, r+2W, ... (exact totals)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+@dataclass
+class RunData:
+    """What ``build_data`` returns: the dataset facts, the loaders, the training sampler, and a factory
+    for the evaluation-transformed labeled training set (kNN monitors, linear probes)."""
+
+    info: Any
+    train_loader: DataLoader
+    test_loader: DataLoader
+    sampler: torch.utils.data.DistributedSampler
+    memory_loader: Callable[[], DataLoader]
+
+
+def _transforms(cfg: DictConfig, info):
+    preset = cfg.data.preset or info.default_preset
+    size = cfg.data.image_size or info.image_size
+    tkw = {}
+    if cfg.data.padding is not None:
+        tkw["padding"] = int(cfg.data.padding)
+    train_tf = build_transform(preset, True, info, size, **tkw)
+    test_tf = build_transform("none" if preset in ("cifar", "grayscale", "moco_grayscale") else preset, False,
+                              info, size)
+    return train_tf, test_tf
+
+
+def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
+    info = dataset_info(cfg.data.name)
+    train_tf, test_tf = _transforms(cfg, info)
+    raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
+    test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
+    if cfg.data.train_subset:
+        raw_train = stratified_subset(raw_train, int(cfg.data.train_subset), seed=int(cfg.seed))
+    if cfg.data.test_subset:
+        test_set = stratified_subset(test_set, int(cfg.data.test_subset), seed=0)
+    algo_cls = get_algorithm_class(cfg.algorithm.name)
+    train_set = algo_cls.wrap_dataset(raw_train, train_tf, section_options(cfg.algorithm))
+    if cfg.batch_size % world != 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
+    local_bs = cfg.batch_size // world
+    if len(train_set) < cfg.batch_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=int(cfg.seed), drop_last=True)
+    common = dict(num_workers=int(cfg.num_workers), pin_memory=torch.cuda.is_available(),
+                  persistent_workers=int(cfg.num_workers) > 0)
+    train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **common)
+    eval_bs = max(local_bs, 100)
+    test_loader = DataLoader(test_set, batch_size=eval_bs, shuffle=False,
+                             sampler=ShardSampler(len(test_set), rank, world), **common)
+    cache: dict = {}
+
+    def memory_loader() -> DataLoader:
+        """The labeled training images (``data.train_subset`` when set) with the evaluation transform."""
+        if "loader" not in cache:
+            ds = TransformedDataset(raw_train, test_tf)
+            cache["loader"] = DataLoader(ds, batch_size=eval_bs, shuffle=False,
+                                         sampler=ShardSampler(len(ds), rank, world),
+                                         num_workers=int(cfg.num_workers))
+        return cache["loader"]
+
+    return RunData(info, train_loader, test_loader, sampler, memory_loader)
+
+
+def build_mixer_from_config(cfg: DictConfig, info, generator: torch.Generator):
+    """The configured mixing policy (``None`` for ``mixer.name=none``), bound to the run's data."""
+    options = section_options(cfg.mixer)
+    if cfg.mixer.name == NO_MIXER:
+        stray = sorted(set(options) - {"alpha", "prob", "mode"})
+        if stray:
+            raise ConfigError(f"mixer.{stray[0]} is set but mixer.name is 'none' (no mixing): set mixer.name "
+                              f"(e.g. mixer.name=samix_p for mixer.pretrained) or drop "
+                              f"{', '.join('mixer.' + k for k in stray)}")
+        return None
+    mixer = build_mixer(cfg.mixer.name, num_classes=info.num_classes, generator=generator, **options)
+    mixer.bind_data(dataset=cfg.data.name, image_size=cfg.data.get("image_size"))
+    return mixer
+
+
+def build_algorithm_from_config(cfg: DictConfig, info, device: torch.device,
+                                generator: torch.Generator) -> Algorithm:
+    in_chans = cfg.model.in_chans or info.in_chans
+    model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True) or {}
+    if cfg.model.pretrained:
+        model_kwargs["pretrained"] = cfg.model.pretrained
+    model = build_model(cfg.model.name, num_classes=info.num_classes, in_chans=in_chans,
+                        width=float(cfg.model.width), **model_kwargs)
+    mixer = build_mixer_from_config(cfg, info, generator)
+    loss_options = OmegaConf.to_container(cfg.loss.kwargs, resolve=True) or {}
+    loss_fn = build_loss(cfg.loss.name, label_smoothing=float(cfg.loss.label_smoothing),
+                         decoupled_eta=cfg.loss.get("decoupled_eta"), **loss_options)
+    algo = build_algorithm(cfg.algorithm.name, model=model, num_classes=info.num_classes, mixer=mixer,
+                           loss_fn=loss_fn, generator=generator, **section_options(cfg.algorithm))
+    algo.to(device)
+    if cfg.channels_last:
+        algo.to(memory_format=torch.channels_last)
+    return algo
+
+
+def run_generator(seed: int, rank: int) -> torch.Generator:
+    """The ``torch.Generator`` of one process for the method's and the policy's draws."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(rank))
+
+
+def build_for_benchmark(overrides, num_classes: int, in_chans: int, device: torch.device, seed: int = 0,
+                        info: Optional[Any] = None):
+    """``(cfg, algo)`` built exactly as ``samix train`` builds them, without data (for ``benchmarks/``)."""
+    from types import SimpleNamespace
+
+    from .config import load_config
+
+    cfg = load_config(None, list(overrides))
+    info = info or SimpleNamespace(num_classes=int(num_classes), in_chans=int(in_chans))
+    seed_everything(seed)
+    algo = build_algorithm_from_config(cfg, info, device, run_generator(seed, 0))
+    algo.train()
+    return cfg, algo

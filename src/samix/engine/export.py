@@ -1,0 +1,66 @@
+"""``samix export-mixer RUN_DIR OUT.safetensors``: the trained Mixer / Mix Block of a run and the encoder
+stages it reads, as a SAMix-P file (:mod:`samix.pretrained.format`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from samix.data import dataset_info
+from samix.pretrained import MixerMetadata, PathLike, save_pretrained_mixer
+
+from .assembly import build_algorithm_from_config
+from .checkpoint import load_checkpoint
+from .config import load_config
+from .evaluate_run import load_run
+
+
+def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[PathLike] = None) -> MixerMetadata:
+    """Export the trained Mixer / Mix Block of a samix or automix run directory (``samix export-mixer``).
+
+    Rebuilds the run from ``RUN_DIR/config.yaml`` and ``checkpoints/last.pt`` (or ``checkpoint``)
+    without reading the dataset (its files are not needed), then writes the generator and the
+    momentum (teacher) encoder's stem + stages ``1..l`` with :func:`save_pretrained_mixer`. Without a
+    momentum pipeline (``momentum_pipeline=false``) the online network is the encoder, as in training.
+    """
+    run = Path(os.fspath(run_dir)).expanduser()
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run} is not a run directory: {cfg_path} is missing")
+    ck_path = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pt"
+    if not ck_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
+    cfg = load_config(cfg_path)
+    cfg.out_dir = str(run)
+    cfg.model.pretrained = None  # the checkpoint holds the weights
+    ck = load_checkpoint(ck_path, map_location="cpu")
+    info = dataset_info(cfg.data.name)
+    if info.num_classes is None:  # a generic image folder: the class count lives in the data
+        cfg, info, algo, _ = load_run(run, checkpoint=str(ck_path))
+    else:
+        algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
+        algo.load_state_dict(ck["algorithm"])
+    algo.eval()
+    found = algo.mask_generator()
+    if found is None:
+        raise ValueError(f"run {run} (algorithm.name={cfg.algorithm.name!r}) has no learned Mixer or Mix Block; "
+                         f"export-mixer needs a run of an algorithm that learns one (e.g. 'samix' or 'automix')")
+    generator, encoder, stage = found
+    in_chans = int(cfg.model.in_chans or info.in_chans)
+    size = cfg.data.image_size or info.image_size
+    model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True) or {}
+    source = {"algorithm": str(cfg.algorithm.name), "run": run.name, "epoch": int(ck.get("epoch", 0)),
+              "momentum_encoder": encoder is not algo.model,
+              "model_num_classes": int(info.num_classes)}
+    if cfg.data.train_subset:
+        source["train_subset"] = int(cfg.data.train_subset)
+    size = list(size) if not isinstance(size, int) else size
+    return save_pretrained_mixer(out_path, generator, encoder, stage=int(stage),
+                                 backbone=str(cfg.model.name), width=float(cfg.model.width), in_chans=in_chans,
+                                 model_kwargs=model_kwargs, input_size=size, mean=info.mean, std=info.std,
+                                 dataset=str(cfg.data.name), num_classes=info.num_classes, source=source)
+
