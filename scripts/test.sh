@@ -5,6 +5,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# the layers of the house (pyproject.toml [tool.importlinter]): an upward import fails the suite
+echo "[samix] lint-imports (layer contract)"
+"$(dirname "$PY")/lint-imports" --config "$ROOT/pyproject.toml"
 set +e
 "$PY" -m pytest -q -n "${SAMIX_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?

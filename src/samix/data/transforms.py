@@ -132,6 +132,27 @@ def _moco(train: bool, size: Optional[Size], *, crop_pct: float, scale: Sequence
     ]
 
 
+@register_preset("moco_grayscale")
+def _moco_grayscale(train: bool, size: Optional[Size], *, crop_pct: float, scale: Sequence[float] = (0.2, 1.0),
+                    jitter: Sequence[float] = (0.4, 0.4), jitter_p: float = 0.8, blur_p: float = 0.5,
+                    blur_sigma: Sequence[float] = (0.1, 2.0), blur_kernel: Optional[int] = None,
+                    flip: bool = True) -> list:
+    """MoCo v2 views for one-channel images (Fashion-MNIST, MNIST): random resized crop (scale 0.2-1),
+    brightness/contrast jitter (0.4, 0.4) with p = 0.8, Gaussian blur with p = 0.5, flip. It drops
+    what has no meaning on one channel: saturation and hue jitter and random grayscale. The test variant
+    is the image itself (no resize, no crop: the images are already at their size)."""
+    size = _need_size("moco_grayscale", size)
+    if not train:
+        return []
+    k = moco_blur_kernel(size) if blur_kernel is None else blur_kernel
+    return [
+        v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p),
+        v2.RandomApply([v2.GaussianBlur(k, sigma=tuple(blur_sigma))], p=blur_p),
+        *_flip(flip),
+    ]
+
+
 @register_preset("none")
 def _none(train: bool, size: Optional[Size], *, crop_pct: float) -> list:
     return []

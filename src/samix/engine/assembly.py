@@ -68,15 +68,14 @@ def _transforms(cfg: DictConfig, info):
     if cfg.data.padding is not None:
         tkw["padding"] = int(cfg.data.padding)
     train_tf = build_transform(preset, True, info, size, **tkw)
-    test_tf = build_transform("none" if preset in ("cifar", "grayscale", "moco_grayscale") else preset, False,
-                              info, size)
+    test_tf = build_transform(preset, False, info, size)  # a preset's test variant is deterministic
     return train_tf, test_tf
 
 
 def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
     info = dataset_info(cfg.data.name)
     train_tf, test_tf = _transforms(cfg, info)
-    raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
+    full_train = raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
     test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
     if cfg.data.train_subset:
         raw_train = stratified_subset(raw_train, int(cfg.data.train_subset), seed=int(cfg.seed))
@@ -100,9 +99,13 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
     cache: dict = {}
 
     def memory_loader() -> DataLoader:
-        """The labeled training images (``data.train_subset`` when set) with the evaluation transform."""
+        """The labeled training images (``data.probe_subset``, else the training images) with the evaluation
+        transform."""
         if "loader" not in cache:
-            ds = TransformedDataset(raw_train, test_tf)
+            labeled = raw_train
+            if cfg.data.get("probe_subset"):
+                labeled = stratified_subset(full_train, int(cfg.data.probe_subset), seed=int(cfg.seed))
+            ds = TransformedDataset(labeled, test_tf)
             cache["loader"] = DataLoader(ds, batch_size=eval_bs, shuffle=False,
                                          sampler=ShardSampler(len(ds), rank, world),
                                          num_workers=int(cfg.num_workers))

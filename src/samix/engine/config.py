@@ -47,6 +47,9 @@ DEFAULTS = {
         "padding": None,
         "train_subset": None,  # stratified subset size of the training set (low-data regime)
         "test_subset": None,
+        # labeled subset (stratified, seeded) for the kNN monitor and the linear probe of self-supervised
+        # runs; default: the training images (data.train_subset when set)
+        "probe_subset": None,
     },
     "model": {"name": "resnet18", "width": 1.0, "in_chans": None, "pretrained": None, "kwargs": {}},
     "mixer": {"name": "none", "alpha": 1.0, "prob": 1.0, "mode": "batch"},

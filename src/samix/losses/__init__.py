@@ -44,7 +44,7 @@ importable from ``samix.losses``.
 
 from ._common import DECOUPLED_BASES, PBCE_VARIANTS, REDUCTIONS, LamLike  # noqa: F401 (public constants)
 from .classification import mixed_binary_cross_entropy, mixed_cross_entropy, soft_target_cross_entropy
-from .contrastive import mixup_infonce, nonparametric_bce
+from .contrastive import cross_view_mixup_infonce, mixup_infonce, moco_infonce, nonparametric_bce
 from .decoupled import decoupled_mixup_loss
 from .registry import LOSSES, MixupLoss, build_loss, list_losses, register_loss  # noqa: F401 (LOSSES)
 from .samix_losses import eta_balanced_loss, pbce_loss
@@ -57,6 +57,8 @@ __all__ = [
     "pbce_loss",
     "eta_balanced_loss",
     "mixup_infonce",
+    "moco_infonce",
+    "cross_view_mixup_infonce",
     "nonparametric_bce",
     "MixupLoss",
     "register_loss",

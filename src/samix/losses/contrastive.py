@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._common import _OPTION_CHECKS, LamLike, _as_index, _as_lam, _compute_dtype, _reduce
 
-__all__ = ["mixup_infonce", "nonparametric_bce"]
+__all__ = ["cross_view_mixup_infonce", "mixup_infonce", "moco_infonce", "nonparametric_bce"]
 
 
 def _check_embeddings(name: str, x, batch: Optional[int], dim: Optional[int]) -> None:
@@ -111,3 +111,62 @@ def nonparametric_bce(z_m: Tensor, z_i: Tensor, z_j: Tensor, lam: LamLike, tempe
     diff = s_i - s_j
     loss = -(lam_t * F.logsigmoid(diff) + (1.0 - lam_t) * F.logsigmoid(-diff))
     return _reduce(loss, reduction)
+
+
+def _moco_nce_rows(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """Per-row ``-log(exp(q.k/t) / (exp(q.k/t) + sum_n exp(q.n/t)))`` over the queue's negatives (inputs
+    already normalised and in the compute dtype)."""
+    pos = (q * k).sum(dim=1, keepdim=True)
+    logits = torch.cat([pos, q @ queue.T], dim=1) / temperature
+    return -F.log_softmax(logits, dim=1)[:, 0]
+
+
+def _prepare_moco(q: Tensor, k: Tensor, queue: Tensor, normalize: bool):
+    _check_embeddings("q", q, None, None)
+    b, d = q.shape
+    if b < 1:
+        raise ValueError("q must hold at least one sample, got an empty batch")
+    _check_embeddings("k", k, b, d)
+    _check_embeddings("queue", queue, None, d)
+    dt = _compute_dtype(q)
+    return b, dt, _embed(q, dt, q.device, normalize), _embed(k, dt, q.device, normalize), \
+        _embed(queue, dt, q.device, normalize)
+
+
+def moco_infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, normalize: bool = True,
+                 reduction: str = "mean") -> Tensor:
+    r"""MoCo's infoNCE: each query ``q_i`` against its own key ``k_i`` (the positive) and the queue's
+    entries (the negatives); other keys of the batch are not in the dictionary::
+
+        NCE(q_i, k_i) = -log( exp(q_i . k_i / t) / (exp(q_i . k_i / t) + sum_n exp(q_i . n / t)) )
+
+    ``q [B, D]``, ``k [B, D]``, ``queue [Q, D]``; ``normalize`` L2-normalises all three first. Gradients
+    flow into every tensor given: detach the keys and the queue (momentum encoder) yourself.
+    """
+    _OPTION_CHECKS["reduction"](reduction)
+    temperature = _OPTION_CHECKS["temperature"](temperature)
+    _OPTION_CHECKS["normalize"](normalize)
+    _, _, qn, kn, nn_ = _prepare_moco(q, k, queue, normalize)
+    return _reduce(_moco_nce_rows(qn, kn, nn_, temperature), reduction)
+
+
+def cross_view_mixup_infonce(z_m: Tensor, keys: Tensor, index: Tensor, lam: LamLike, queue: Tensor,
+                             temperature: float = 0.2, normalize: bool = True, reduction: str = "mean") -> Tensor:
+    r"""The mixed term of MoCo with instance mixup (samix.txt A.5.1, Fig. 8)::
+
+        loss_i = lam_i * NCE(z_m,i, k_i) + (1 - lam_i) * NCE(z_m,i, k_index[i])
+
+    with :func:`moco_infonce`'s NCE (one positive, the queue's negatives). ``z_m [B, D]``: embeddings of
+    the mixed samples (sample ``i`` holds a share ``lam_i`` of source ``i`` and ``1 - lam_i`` of source
+    ``index[i]``); ``keys [B, D]``: the momentum encoder's embeddings of the sources -- of the *other*
+    view in the cross-view pipeline. With ``lam = 1`` it is :func:`moco_infonce` exactly.
+    """
+    _OPTION_CHECKS["reduction"](reduction)
+    temperature = _OPTION_CHECKS["temperature"](temperature)
+    _OPTION_CHECKS["normalize"](normalize)
+    b, dt, zn, kn, nn_ = _prepare_moco(z_m, keys, queue, normalize)
+    lam_t = _as_lam(lam, b, z_m.device, dt)
+    index_t = _as_index(index, b, z_m.device)
+    own = _moco_nce_rows(zn, kn, nn_, temperature)
+    partner = _moco_nce_rows(zn, kn[index_t], nn_, temperature)
+    return _reduce(torch.lerp(partner, own, lam_t), reduction)

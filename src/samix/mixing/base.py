@@ -158,13 +158,22 @@ class Mixer:
         return torch.rand(*shape, generator=self.generator, device=self._gen_device, dtype=torch.float64).cpu()
 
     # ------------------------------------------------------------------ public API
-    def mix(self, images: Tensor) -> MixResult:
-        """Mix a batch of images. See the module docstring for the convention."""
+    def mix(self, images: Tensor, index: Optional[Tensor] = None) -> MixResult:
+        """Mix a batch of images. See the module docstring for the convention.
+
+        ``index`` imposes the pairing (a long ``[B]`` tensor of partners, e.g. a derangement for
+        self-supervised mixup, where a sample must never meet itself); by default the policy draws a
+        random permutation.
+        """
         check_images(images)
         channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
             and not images.is_contiguous()
         b = images.shape[0]
-        index = self.sample_index(b, images.device)
+        if index is None:
+            index = self.sample_index(b, images.device)
+        elif not (torch.is_tensor(index) and index.dtype == torch.long and index.shape == (b,)):
+            raise ValueError(f"index must be a long tensor of shape [{b}] (a partner for each image), got "
+                             f"{getattr(index, 'dtype', type(index).__name__)} {tuple(getattr(index, 'shape', ()))}")
         lam = self.sample_lam(b)
         apply = self.sample_apply(b)
         if not apply.any():
