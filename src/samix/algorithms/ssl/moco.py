@@ -114,6 +114,9 @@ class MoCo(SSLAlgorithm):
         feat = int(getattr(model, "num_features", 0) or 0)
         if feat < 1:
             raise TypeError(f"model must be a samix Backbone with num_features, got {type(model).__name__}")
+        # the backbone's classifier is never used (no labels; the probe trains its own head): frozen, so it
+        # is neither optimised nor an unused parameter for DDP
+        model.get_classifier().requires_grad_(False)
         hidden = o["hidden_dim"] or (2048 if feat >= 512 else 4 * feat)
         self.projector = Projector(feat, int(hidden), int(o["dim"]), mlp=o["mlp"])
         self.encoder = Encoder(self.model, self.projector)
