@@ -1,11 +1,15 @@
-"""``samix`` command line: train | eval | show | compare | export-mixer | list | bench.
+"""``samix`` command line: train | eval | show | compare | export-mixer | export-backbone | list | bench.
 
     samix train configs/fashion_mnist/mixup.yaml epochs=80 seed=1
     torchrun --nproc_per_node=4 -m samix.cli train configs/cifar100/mixup_r18.yaml
     samix eval runs/mixup                       # top-1/top-5, ECE + reliability PNG (+ --corruptions)
     samix show [RUN_DIR] [--out grid.png]       # mixed-sample grid (or a run's learned masks)
     samix compare runs/vanilla runs/mixup ...   # table of summary.json files
+    samix eval runs/mocov2 --linear [--epochs 100 --lr 0.1 --batch-size 256 --mode features|end_to_end
+               --train-subset N --milestones 60 80]   # linear probe on the frozen backbone -> RUN/linear/
+    samix eval runs/mocov2 --knn [--k 200 --t 0.1]     # kNN top-1/top-5 of any run's backbone -> RUN/knn.json
     samix export-mixer runs/samix mixer.safetensors   # trained Mixer for SAMix-P (mixer.name=samix_p)
+    samix export-backbone runs/mocov2 backbone.safetensors   # the encoder, for transfer
     samix list                                  # mixers, models, datasets, algorithms, losses
 """
 
@@ -29,11 +33,27 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from samix.engine.evaluate_run import evaluate_run
+    from samix.engine import evaluate_run as ev
 
-    res = evaluate_run(args.run_dir, corruptions=args.corruptions, corruption_subset=args.subset,
-                       checkpoint=args.checkpoint)
-    print(json.dumps(res, indent=2))
+    ssl = args.linear or args.knn
+    if not ssl or args.corruptions:  # --linear / --knn alone skip the classifier evaluation
+        res = ev.evaluate_run(args.run_dir, corruptions=args.corruptions, corruption_subset=args.subset,
+                              checkpoint=args.checkpoint)
+        print(json.dumps(res, indent=2))
+    if args.knn:
+        r = ev.knn_eval_run(args.run_dir, k=args.k, temperature=args.t, checkpoint=args.checkpoint)
+        print(f"kNN (k={r['k']}, T={r['t']:g}, {r['n_train']} labeled training images, {r['n_test']} test "
+              f"images): top-1 {r['top1']:.2f} %, top-5 {r['top5']:.2f} %; wrote {r['path']}, knn_eval in "
+              f"{r['run_summary_path']}")
+    if args.linear:
+        r = ev.linear_eval_run(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                               mode=args.mode, train_subset=args.train_subset, milestones=args.milestones,
+                               checkpoint=args.checkpoint)
+        print(f"linear probe ({r['mode']}; {r['epochs']} epochs, lr {r['lr']:g} x0.1 at {r['milestones']}, "
+              f"{r['n_train']} labeled training images, {r['n_test']} test images): top-1 last "
+              f"{r['top1_last']:.2f} %, median of last 10 {r['top1_median_last10']:.2f} %, best "
+              f"{r['top1_best']:.2f} %; wrote {r['metrics_path']}, {r['summary_path']}, linear_top1 in "
+              f"{r['run_summary_path']}")
     return 0
 
 
@@ -61,6 +81,16 @@ def _cmd_export_mixer(args) -> int:
     print(f"wrote {args.out}: {meta.generator} (stage {meta.stage}, {meta.channels} channels) + "
           f"{meta.backbone} x{meta.width:g} stem..stage {meta.stage}, trained on {meta.dataset} "
           f"{meta.input_size[0]}x{meta.input_size[1]}; use it with mixer.name=samix_p mixer.pretrained={args.out}")
+    return 0
+
+
+def _cmd_export_backbone(args) -> int:
+    from samix.engine.evaluate_run import export_backbone_run
+
+    r = export_backbone_run(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {r['path']}: {r['model']} x{r['width']:g} encoder of run {r['run']} ({r['algorithm']}, epoch "
+          f"{r['epoch']}), {r['tensors']} tensors, {r['feature_dim']}-d features, {r['key_format']} key names; "
+          f"load it with samix.models.export.load_exported_backbone(path, model)")
     return 0
 
 
@@ -148,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
     e.add_argument("--corruptions", action="store_true", help="also the 15 corruptions x 5 severities")
     e.add_argument("--subset", type=int, default=None, help="test images used for the corruption benchmark")
+    lin = e.add_argument_group("linear probe on the frozen backbone (--linear; writes RUN_DIR/linear/ and "
+                               "linear_top1 in summary.json)")
+    lin.add_argument("--linear", action="store_true", help="train and test a linear head on the frozen backbone")
+    lin.add_argument("--epochs", type=int, default=None, help="probe epochs (default 100)")
+    lin.add_argument("--lr", type=float, default=None, help="probe learning rate (default 0.1)")
+    lin.add_argument("--batch-size", type=int, default=None, help="probe batch size (default 256)")
+    lin.add_argument("--mode", choices=["features", "end_to_end"], default="features",
+                     help="features: precomputed features, no augmentation (fast, default); end_to_end: "
+                          "random-resized-crop + flip through the frozen backbone every epoch")
+    lin.add_argument("--train-subset", type=int, default=None,
+                     help="labeled training images (stratified, seeded by the run's seed; default "
+                          "data.probe_subset, else the run's training set)")
+    lin.add_argument("--milestones", type=int, nargs="+", default=None,
+                     help="epochs after which the lr is multiplied by 0.1 (default 60%% and 80%% of the epochs: "
+                          "60 80 of 100, samix.txt A.4; section 4.2 says 30 60)")
+    kn = e.add_argument_group("kNN classifier on the backbone's features (--knn; writes RUN_DIR/knn.json)")
+    kn.add_argument("--knn", action="store_true", help="weighted kNN top-1/top-5 (any run, supervised too)")
+    kn.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
+    kn.add_argument("--t", type=float, default=0.1, help="temperature (default 0.1)")
     e.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("show", help="PNG of mixed samples (all policies), a run's learned masks, or "
@@ -172,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="output .safetensors file")
     x.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
     x.set_defaults(fn=_cmd_export_mixer)
+
+    xb = sub.add_parser("export-backbone", help="save a run's encoder (classifier dropped) as .safetensors")
+    xb.add_argument("run_dir", help="run directory (any algorithm: moco, samix, supervised, ...)")
+    xb.add_argument("out", help="output .safetensors file")
+    xb.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
+    xb.set_defaults(fn=_cmd_export_backbone)
 
     b = sub.add_parser("bench", help="run a script of benchmarks/ (e.g. mixing_throughput)")
     b.add_argument("name")

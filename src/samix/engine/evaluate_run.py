@@ -18,22 +18,30 @@ from .config import load_config
 from .rundir import MASK_LAMS, RunDir
 
 
-def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
-    """(cfg, info, algorithm with the checkpoint's weights, test loader) of a run directory."""
+def _load_run_full(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
+    """``(cfg, data, algo, epoch)``: :func:`load_run` plus the whole :class:`RunData` and the checkpoint's epoch."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
+    ck_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt"
+    if not ck_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
     cfg = load_config(cfg_path)
     cfg.out_dir = str(run_dir)
     data = build_data(cfg, 0, 1)
-    info, test_loader = data.info, data.test_loader
     dev = torch.device(device)
-    algo = build_algorithm_from_config(cfg, info, dev, torch.Generator().manual_seed(0))
-    ck = load_checkpoint(Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt", map_location=dev)
+    algo = build_algorithm_from_config(cfg, data.info, dev, torch.Generator().manual_seed(0))
+    ck = load_checkpoint(ck_path, map_location=dev)
     algo.load_state_dict(ck["algorithm"])
     algo.eval()
-    return cfg, info, algo, test_loader
+    return cfg, data, algo, int(ck.get("epoch", 0))
+
+
+def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
+    """(cfg, info, algorithm with the checkpoint's weights, test loader) of a run directory."""
+    cfg, data, algo, _ = _load_run_full(run_dir, checkpoint, device)
+    return cfg, data.info, algo, data.test_loader
 
 
 def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subset: Optional[int] = None,
@@ -111,3 +119,218 @@ def compare_masks(run_dirs, out: str, pairs: int = 4, lams=MASK_LAMS):
     path = save_mask_comparison(out, images, masks, list(lams),
                                 title=f"learned masks on the same {images.shape[0] // 2} test pairs")
     return path, images, masks
+
+
+# ------------------------------------------------------------------ self-supervised evaluation
+#: ``mode`` as written to ``RUN/linear/summary.json`` and ``RUN/summary.json`` (``linear_mode``)
+LINEAR_MODE_LABELS = {
+    "features": "features (precomputed, no augmentation)",
+    "end_to_end": "end_to_end (random-resized-crop + flip)",
+}
+
+
+def _auto_device(device: Optional[str]) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _backbone_of(run_dir: Path, cfg, algo, what: str):
+    """``algo.eval_model()``, checked to be a samix Backbone with ``num_features`` (ValueError otherwise)."""
+    from samix.models.base import Backbone
+
+    model = algo.eval_model()
+    if not isinstance(model, Backbone) or int(getattr(model, "num_features", 0) or 0) < 1:
+        raise ValueError(f"run {run_dir} (algorithm.name={cfg.algorithm.name!r}, model.name={cfg.model.name!r}): "
+                         f"{what} needs a samix Backbone with num_features as the run's evaluation model, got "
+                         f"{type(model).__name__}")
+    return model
+
+
+def _update_summary(run_dir: Path, entries: Dict[str, Any]) -> Path:
+    """Read ``RUN/summary.json`` (absent: ``{}``), add ``entries``, write it back atomically."""
+    path = run_dir / "summary.json"
+    summary: Dict[str, Any] = {}
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} does not hold a JSON object")
+    summary.update(entries)
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _labeled_train_set(cfg, train_subset: Optional[int]):
+    """The labeled training images of a run (raw, untransformed): ``train_subset`` images (stratified on the
+    full training set, seeded by ``cfg.seed``) when given, else ``data.probe_subset``, else the run's training
+    set (``data.train_subset`` or all), as :func:`~samix.engine.assembly.build_data` picks them."""
+    full = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
+    if train_subset is not None and not 1 <= int(train_subset) <= len(full):
+        raise ValueError(f"train_subset must be in [1, {len(full)}] (the training set of {cfg.data.name!r} has "
+                         f"{len(full)} images), got {train_subset}")
+    n = train_subset or cfg.data.get("probe_subset") or cfg.data.train_subset
+    if n and int(n) != len(full):
+        return stratified_subset(full, int(n), seed=int(cfg.seed))
+    return full
+
+
+def _default_milestones(epochs: int):
+    """The papers' x0.1 at 60 % and 80 % of the schedule (60 and 80 of 100 epochs, samix.txt A.4)."""
+    return tuple(sorted({max(1, round(0.6 * epochs)), max(1, round(0.8 * epochs))}))
+
+
+def linear_probe_train_transform(info, size):
+    """The probe's training augmentation in mode ``end_to_end``: random-resized-crop + horizontal flip + the
+    dataset's normalisation (the ``imagenet`` preset: crop scale (0.08, 1) as MoCo's ``main_lincls`` for
+    images of 64 px or more; (0.2, 1) for small images such as 28 px Fashion-MNIST or 32 px CIFAR, where
+    8 % of the image is a few pixels)."""
+    from samix.data import build_transform
+
+    side = size if isinstance(size, int) else min(size)
+    scale = (0.08, 1.0) if side >= 64 else (0.2, 1.0)
+    return build_transform("imagenet", True, info, size, scale=scale)
+
+
+def linear_eval_run(run_dir: str | Path, epochs: Optional[int] = None, lr: Optional[float] = None,
+                    batch_size: Optional[int] = None, mode: str = "features", train_subset: Optional[int] = None,
+                    milestones=None, progress: bool = True, checkpoint: Optional[str] = None,
+                    device: Optional[str] = None) -> Dict[str, Any]:
+    """Linear probe on the frozen backbone of a run (``samix eval RUN --linear``).
+
+    Protocol (samix.txt A.4, MoCo's linear classification): a linear head on the pooled features of the frozen,
+    eval-mode backbone (``algo.eval_model()``; its BatchNorm statistics are not updated), SGD momentum 0.9,
+    weight decay 0, batch 256, lr 0.1, 100 epochs, lr x0.1 at 60 % and 80 % of the epochs (60 and 80 of 100;
+    samix.txt section 4.2 says 30/60: ``milestones=(30, 60)``, CLI ``--milestones 30 60``). Trained on the
+    labeled training images (``train_subset`` images, stratified and seeded by ``cfg.seed``, when given; else
+    ``data.probe_subset``; else the run's training set), tested on the run's test set after each epoch.
+
+    ``mode="features"``: features are computed once with the test transform (no augmentation; fast on CPUs);
+    ``mode="end_to_end"``: the backbone runs on every batch with random-resized-crop + flip
+    (:func:`linear_probe_train_transform`). See :mod:`samix.evaluate.linear_probe`.
+
+    Writes ``RUN/linear/metrics.jsonl`` (one row per epoch), ``RUN/linear/summary.json`` and adds
+    ``linear_top1`` (= ``top1_last``) and ``linear_mode`` to ``RUN/summary.json``. Returns the summary plus
+    ``rows`` and the written paths.
+    """
+    from torch.utils.data import DataLoader
+
+    from samix.algorithms.base import TransformedDataset
+    from samix.evaluate.linear_probe import MODES, LinearProbeConfig, train_linear_probe
+
+    from .assembly import _transforms, seed_everything
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    run_dir = Path(run_dir)
+    dev = _auto_device(device)
+    cfg, data, algo, ck_epoch = _load_run_full(run_dir, checkpoint, dev)
+    backbone = _backbone_of(run_dir, cfg, algo, "linear evaluation")
+    info = data.info
+    epochs = 100 if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    milestones = _default_milestones(epochs) if milestones is None else tuple(int(m) for m in milestones)
+    probe_cfg = LinearProbeConfig(epochs=epochs, lr=0.1 if lr is None else float(lr),
+                                  batch_size=256 if batch_size is None else int(batch_size),
+                                  milestones=milestones, mode=mode, seed=int(cfg.seed))
+    seed_everything(int(cfg.seed))
+    labeled = _labeled_train_set(cfg, train_subset)
+    _, test_tf = _transforms(cfg, info)
+    if mode == "end_to_end":
+        size = cfg.data.image_size or info.image_size
+        train_ds = TransformedDataset(labeled, linear_probe_train_transform(info, size))
+        loader = DataLoader(train_ds, batch_size=probe_cfg.batch_size, shuffle=True, drop_last=False,
+                            generator=torch.Generator().manual_seed(int(cfg.seed)),
+                            num_workers=int(cfg.num_workers))
+    else:
+        loader = DataLoader(TransformedDataset(labeled, test_tf), batch_size=max(probe_cfg.batch_size, 100),
+                            shuffle=False, num_workers=int(cfg.num_workers))
+
+    out = run_dir / "linear"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    rows_so_far = []
+
+    def on_epoch(row):
+        rows_so_far.append(row)
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows_so_far))
+
+    res = train_linear_probe(backbone, loader, data.test_loader, int(info.num_classes), dev, probe_cfg,
+                             progress=progress, on_epoch=on_epoch, channels_last=bool(cfg.channels_last))
+    summary = {
+        "top1_last": res["top1_last"], "top1_median_last10": res["top1_median_last10"],
+        "top1_best": res["top1_best"], "top5_last": res["rows"][-1]["top5"],
+        "mode": LINEAR_MODE_LABELS[mode], "epochs": epochs, "lr": probe_cfg.lr,
+        "milestones": list(probe_cfg.milestones), "batch_size": probe_cfg.batch_size,
+        "n_train": len(labeled), "n_test": len(data.test_loader.dataset), "feature_dim": res["feature_dim"],
+        "checkpoint_epoch": ck_epoch,
+    }
+    summary_path = atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    run_summary = _update_summary(run_dir, {"linear_top1": res["top1_last"], "linear_mode": LINEAR_MODE_LABELS[mode]})
+    return {**summary, "rows": res["rows"], "metrics_path": str(metrics_path), "summary_path": str(summary_path),
+            "run_summary_path": str(run_summary)}
+
+
+def knn_eval_run(run_dir: str | Path, k: int = 200, temperature: float = 0.1, checkpoint: Optional[str] = None,
+                 device: Optional[str] = None) -> Dict[str, Any]:
+    """Weighted kNN top-1/top-5 of any run's backbone (``samix eval RUN --knn``), supervised runs included.
+
+    Memory bank: the labeled training images (``data.probe_subset``, else the run's training set) with the test
+    transform; queries: the run's test set (:func:`samix.evaluate.knn.knn_evaluate`, L2-normalised pooled
+    features). Writes ``RUN/knn.json`` and ``knn_eval = {top1, top5, k, t}`` into ``RUN/summary.json`` (the
+    training-time ``knn_top1`` of self-supervised runs is left as it is).
+    """
+    from samix.evaluate.knn import knn_evaluate
+
+    run_dir = Path(run_dir)
+    dev = _auto_device(device)
+    cfg, data, algo, ck_epoch = _load_run_full(run_dir, checkpoint, dev)
+    backbone = _backbone_of(run_dir, cfg, algo, "kNN evaluation")
+    res = knn_evaluate(backbone, data.memory_loader(), data.test_loader, dev, int(data.info.num_classes),
+                       k=int(k), temperature=float(temperature), channels_last=bool(cfg.channels_last))
+    out = {"top1": res["top1"], "top5": res["top5"], "k": int(k), "t": float(temperature),
+           "n_train": res["n_train"], "n_test": res["n_test"], "checkpoint_epoch": ck_epoch}
+    path = atomic_write_text(run_dir / "knn.json", json.dumps(out, indent=2) + "\n")
+    run_summary = _update_summary(run_dir, {"knn_eval": {"top1": out["top1"], "top5": out["top5"], "k": out["k"],
+                                                         "t": out["t"]}})
+    return {**out, "path": str(path), "run_summary_path": str(run_summary)}
+
+
+def export_backbone_run(run_dir: str | Path, out_path: str | Path, checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    """Write the encoder of a run (``algo.eval_model()`` without its classifier) as safetensors
+    (``samix export-backbone RUN FILE.safetensors``, :func:`samix.models.export.export_backbone`); the header
+    records ``model``, ``width``, ``in_chans``, ``run``, ``algorithm``, ``epoch``, ``dataset``. The dataset files
+    are not read (except for a generic image folder, whose class count lives in the data)."""
+    from samix.data import dataset_info
+    from samix.models.export import export_backbone, export_key_map
+
+    run_dir = Path(run_dir)
+    out = Path(out_path).expanduser()
+    if out.is_dir():
+        raise ValueError(f"output path {out} is an existing directory; give a file name such as "
+                         f"{out / 'backbone.safetensors'}")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
+    ck_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt"
+    if not ck_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
+    cfg = load_config(cfg_path)
+    cfg.out_dir = str(run_dir)
+    cfg.model.pretrained = None  # the checkpoint holds the weights
+    info = dataset_info(cfg.data.name)
+    if info.num_classes is None:
+        cfg, data, algo, epoch = _load_run_full(run_dir, str(ck_path))
+        info = data.info
+    else:
+        ck = load_checkpoint(ck_path, map_location="cpu")
+        algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
+        algo.load_state_dict(ck["algorithm"])
+        algo.eval()
+        epoch = int(ck.get("epoch", 0))
+    model = _backbone_of(run_dir, cfg, algo, "export-backbone")
+    meta = {"model": str(cfg.model.name), "width": float(cfg.model.width),
+            "in_chans": int(cfg.model.in_chans or info.in_chans), "run": run_dir.resolve().name,
+            "algorithm": str(cfg.algorithm.name), "epoch": epoch, "dataset": str(cfg.data.name)}
+    path = export_backbone(model, out, metadata=meta)
+    names, key_format = export_key_map(model)
+    return {"path": str(path), "tensors": len(names), "key_format": key_format,
+            "feature_dim": int(model.num_features), **meta}
