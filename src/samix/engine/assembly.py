@@ -75,7 +75,8 @@ def _transforms(cfg: DictConfig, info):
 def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
     info = dataset_info(cfg.data.name)
     train_tf, test_tf = _transforms(cfg, info)
-    full_train = raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
+    raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None,
+                                           split=cfg.data.get("train_split"))
     test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
     if cfg.data.train_subset:
         raw_train = stratified_subset(raw_train, int(cfg.data.train_subset), seed=int(cfg.seed))
@@ -102,16 +103,30 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
         """The labeled training images (``data.probe_subset``, else the training images) with the evaluation
         transform."""
         if "loader" not in cache:
-            labeled = raw_train
-            if cfg.data.get("probe_subset"):
-                labeled = stratified_subset(full_train, int(cfg.data.probe_subset), seed=int(cfg.seed))
-            ds = TransformedDataset(labeled, test_tf)
+            ds = TransformedDataset(labeled_train_set(cfg), test_tf)
             cache["loader"] = DataLoader(ds, batch_size=eval_bs, shuffle=False,
                                          sampler=ShardSampler(len(ds), rank, world),
                                          num_workers=int(cfg.num_workers))
         return cache["loader"]
 
     return RunData(info, train_loader, test_loader, sampler, memory_loader)
+
+
+def labeled_train_set(cfg: DictConfig, subset: Optional[int] = None):
+    """The labeled training images of a run, untransformed: ``data.probe_split`` (default: the training
+    split, ``data.train_split``), restricted to ``subset`` images, else ``data.probe_subset``, else (on the
+    training split) ``data.train_subset`` -- stratified and seeded by ``seed``, so that it is the same set
+    the kNN monitor used during training and the linear probe uses after it."""
+    split = cfg.data.get("probe_split")
+    full = build_dataset(cfg.data.name, cfg.data.root, transform=None,
+                         split=split if split else cfg.data.get("train_split"))
+    n = subset or cfg.data.get("probe_subset") or (None if split else cfg.data.train_subset)
+    if subset is not None and not 1 <= int(subset) <= len(full):
+        raise ConfigError(f"train_subset must be in [1, {len(full)}] (the labeled training images of "
+                          f"{cfg.data.name!r} number {len(full)}), got {subset}")
+    if n and int(n) != len(full):
+        return stratified_subset(full, int(n), seed=int(cfg.seed))
+    return full
 
 
 def build_mixer_from_config(cfg: DictConfig, info, generator: torch.Generator):

@@ -47,8 +47,11 @@ DEFAULTS = {
         "padding": None,
         "train_subset": None,  # stratified subset size of the training set (low-data regime)
         "test_subset": None,
-        # labeled subset (stratified, seeded) for the kNN monitor and the linear probe of self-supervised
-        # runs; default: the training images (data.train_subset when set)
+        # the split trained on (default: the dataset's training split), e.g. stl10 "train+unlabeled"
+        "train_split": None,
+        # labeled images for the kNN monitor and the linear probe of self-supervised runs: a split (default:
+        # the training images) and a stratified, seeded subset of it (default: all of it)
+        "probe_split": None,
         "probe_subset": None,
     },
     "model": {"name": "resnet18", "width": 1.0, "in_chans": None, "pretrained": None, "kwargs": {}},

@@ -12,7 +12,7 @@ from samix._io import atomic_write_text
 from samix.data import build_dataset, stratified_subset
 from samix.evaluate import corruption_accuracy, evaluate_classifier, reliability_diagram
 
-from .assembly import build_algorithm_from_config, build_data
+from .assembly import build_algorithm_from_config, build_data, labeled_train_set
 from .checkpoint import load_checkpoint
 from .config import load_config
 from .rundir import MASK_LAMS, RunDir
@@ -159,17 +159,9 @@ def _update_summary(run_dir: Path, entries: Dict[str, Any]) -> Path:
 
 
 def _labeled_train_set(cfg, train_subset: Optional[int]):
-    """The labeled training images of a run (raw, untransformed): ``train_subset`` images (stratified on the
-    full training set, seeded by ``cfg.seed``) when given, else ``data.probe_subset``, else the run's training
-    set (``data.train_subset`` or all), as :func:`~samix.engine.assembly.build_data` picks them."""
-    full = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None)
-    if train_subset is not None and not 1 <= int(train_subset) <= len(full):
-        raise ValueError(f"train_subset must be in [1, {len(full)}] (the training set of {cfg.data.name!r} has "
-                         f"{len(full)} images), got {train_subset}")
-    n = train_subset or cfg.data.get("probe_subset") or cfg.data.train_subset
-    if n and int(n) != len(full):
-        return stratified_subset(full, int(n), seed=int(cfg.seed))
-    return full
+    """The labeled training images of a run (raw): :func:`~samix.engine.assembly.labeled_train_set`, the set
+    the kNN monitor used during training (``train_subset`` images instead when given)."""
+    return labeled_train_set(cfg, train_subset)
 
 
 def _default_milestones(epochs: int):
