@@ -1,0 +1,93 @@
+"""The MoCo v2 paper rows of samix.txt Table 5 (STL-10) and Table 6 (Tiny, IN-1k): one config per cell, the
+A.4 protocol in each, and an STL-10 row that builds and runs one step as ``samix train`` would build it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from samix.data import dataset_info
+from samix.engine.assembly import build_algorithm_from_config
+from samix.engine.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+T5_METHODS = ("vanilla", "mixup", "manifoldmix", "cutmix", "saliencymix", "fmix", "resizemix")
+T6_METHODS = ("vanilla", "mixup", "cutmix", "saliencymix")
+
+
+def _stem(method: str) -> str:
+    return "mocov2" if method == "vanilla" else f"mocov2_{method}"
+
+
+# folder/file -> (dataset, method, model, epochs)
+EXPECTED = {}
+for _m in T5_METHODS:
+    for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+        for _ep in (400, 800):
+            EXPECTED[f"stl10/{_stem(_m)}_{_bb}_ep{_ep}.yaml"] = ("stl10", _m, _model, _ep)
+for _m in T6_METHODS:
+    for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+        EXPECTED[f"ssl_tiny_imagenet/{_stem(_m)}_{_bb}.yaml"] = ("tiny_imagenet", _m, _model, 400)
+    for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
+        EXPECTED[f"ssl_imagenet/{_stem(_m)}_{_bb}.yaml"] = ("imagenet", _m, _model, _ep)
+
+QUEUE = {"stl10": 16384, "tiny_imagenet": 16384, "imagenet": 65536}
+SIZE = {"stl10": 96, "tiny_imagenet": 96, "imagenet": 224}
+FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
+
+
+def test_the_rows_are_exactly_the_cells_of_tables_5_and_6():
+    found = {f"{d}/{p.name}" for d in FOLDERS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_")}
+    assert found == set(EXPECTED), (sorted(found - set(EXPECTED)), sorted(set(EXPECTED) - found))
+    assert len(EXPECTED) == 28 + 16
+    for d in FOLDERS:
+        assert (CONFIGS / d / "_base.yaml").is_file()
+
+
+@pytest.mark.parametrize("rel", sorted(EXPECTED))
+def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
+    dataset, method, model, epochs = EXPECTED[rel]
+    cfg = load_config(CONFIGS / rel)
+    a, o = cfg.algorithm, cfg.optim
+    assert (cfg.data.name, cfg.model.name, cfg.epochs) == (dataset, model, epochs)
+    assert a.name == "moco" and a.queue_size == QUEUE[dataset]
+    assert (a.temperature, a.momentum, a.dim, a.hidden_dim, a.mlp, a.cross_view) == (0.2, 0.999, 128, 2048, True, True)
+    assert a.get("momentum_end") is None and a.get("knn_k", 200) == 200 and a.get("knn_t", 0.1) == 0.1
+    assert (o.name, o.lr, o.momentum, o.weight_decay, cfg.batch_size) == ("sgd", 0.03, 0.9, 1e-4, 256)
+    assert (cfg.sched.name, cfg.sched.min_lr, cfg.sched.warmup_epochs) == ("cosine", 0.0, 0)
+    assert a.queue_size % cfg.batch_size == 0
+    assert cfg.data.preset == "moco" and cfg.data.image_size == SIZE[dataset]
+    assert cfg.data.probe_split == "train" and not cfg.data.probe_subset and not cfg.data.train_subset
+    if dataset == "stl10":
+        assert cfg.data.train_split == "train+unlabeled"
+        assert dataset_info("stl10").test_split == "test"
+    else:
+        assert cfg.data.train_split is None
+    if method == "vanilla":
+        assert cfg.mixer.name == "none"
+    else:
+        assert (cfg.mixer.name, cfg.mixer.alpha, cfg.mixer.prob) == (method, 1.0, 1.0)
+    assert cfg.eval_interval >= 1 and cfg.epochs % cfg.eval_interval == 0
+    # the header names the table, the cell and the published number
+    head = (CONFIGS / rel).read_text().splitlines()[0]
+    assert ("Table 5" if dataset == "stl10" else "Table 6") in head and "published linear top-1" in head
+    assert cfg.name == {"stl10": "stl10", "tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset] + "_" + \
+        Path(rel).stem
+
+
+def test_an_stl10_r18_row_builds_and_gives_a_finite_loss():
+    """Built as ``samix train`` builds it (no data), queue shrunk to 8 (two batches of 4), one forward."""
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "stl10/mocov2_mixup_r18_ep400.yaml", ["algorithm.queue_size=8", "channels_last=false"])
+    g = torch.Generator().manual_seed(0)
+    algo = build_algorithm_from_config(cfg, dataset_info("stl10"), torch.device("cpu"), g)
+    assert algo.projector.net[0].out_features == 2048 and algo.projector.net[2].out_features == 128
+    assert algo.mixer is not None and algo.mixer.alpha == 1.0
+    x = torch.randn(4, 3, 96, 96)
+    batch = ((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long))
+    out = algo(batch)
+    assert torch.isfinite(out["loss"]) and "loss_mix" in out
