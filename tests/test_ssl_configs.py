@@ -26,7 +26,7 @@ def _stem(method: str) -> str:
 # folder/file -> (dataset, method, model, epochs)
 EXPECTED = {}
 for _m in T5_METHODS:
-    for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+    for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
         for _ep in (400, 800):
             EXPECTED[f"stl10/{_stem(_m)}_{_bb}_ep{_ep}.yaml"] = ("stl10", _m, _model, _ep)
 for _m in T6_METHODS:
