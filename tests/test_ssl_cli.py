@@ -73,9 +73,9 @@ def test_linear_eval_writes_files_and_keeps_the_backbone(moco_run):
 
 
 def test_linear_eval_end_to_end_subset_and_milestones(moco_run, monkeypatch):
-    import samix.evaluate.linear_probe as lp
+    import samix.engine.evaluate_run as er
 
-    original, seen = lp.train_linear_probe, {}
+    original, seen = er.train_linear_probe, {}
 
     def spy(backbone, *args, **kwargs):  # the frozen backbone's tensors, bitwise, before and after the probe
         before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -84,7 +84,7 @@ def test_linear_eval_end_to_end_subset_and_milestones(moco_run, monkeypatch):
         seen["bn"] = any("running_mean" in k for k in before)
         return out
 
-    monkeypatch.setattr(lp, "train_linear_probe", spy)
+    monkeypatch.setattr(er, "train_linear_probe", spy)
     res = linear_eval_run(moco_run, epochs=2, batch_size=32, mode="end_to_end", train_subset=50,
                           milestones=[1], lr=0.05, progress=False)
     assert res["mode"].startswith("end_to_end") and res["n_train"] == 50

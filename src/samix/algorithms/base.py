@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from samix._registry import Registry
+from samix.evaluate import evaluate_classifier
+from samix.losses import build_loss
 
 
 class TransformedDataset(Dataset):
@@ -110,8 +112,6 @@ class Algorithm(nn.Module):
         self.num_classes = num_classes
         self.mixer = mixer
         if loss_fn is None:
-            from samix.losses import build_loss
-
             loss_fn = build_loss("ce")
         self.loss_fn = loss_fn
         self.generator = generator
@@ -167,8 +167,6 @@ class Algorithm(nn.Module):
     def evaluate(self, ctx: EvalContext) -> Dict[str, Any]:
         """Metrics of the current model. Default (classifiers): ``top1``, ``top5``, ``loss``, ``ece``
         of :meth:`eval_model` on the test set (with ``logits``/``labels`` when ``ctx.return_logits``)."""
-        from samix.evaluate import evaluate_classifier
-
         return evaluate_classifier(self.eval_model(), ctx.test_loader, ctx.device, amp_dtype=ctx.amp_dtype,
                                    num_classes=ctx.num_classes, return_logits=ctx.return_logits,
                                    n_bins=ctx.n_bins, input_transform=ctx.input_transform())

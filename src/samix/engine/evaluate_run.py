@@ -9,10 +9,15 @@ from typing import Any, Dict, Optional
 import torch
 
 from samix._io import atomic_write_text
-from samix.data import build_dataset, stratified_subset
+from samix.algorithms.base import TransformedDataset
+from samix.data import build_dataset, build_transform, dataset_info, stratified_subset
 from samix.evaluate import corruption_accuracy, evaluate_classifier, reliability_diagram
+from samix.evaluate.knn import knn_evaluate
+from samix.evaluate.linear_probe import MODES, LinearProbeConfig, train_linear_probe
+from samix.models.base import Backbone
+from samix.models.export import export_backbone, export_key_map
 
-from .assembly import build_algorithm_from_config, build_data, labeled_train_set
+from .assembly import _transforms, build_algorithm_from_config, build_data, labeled_train_set, seed_everything
 from .checkpoint import load_checkpoint
 from .config import load_config
 from .rundir import MASK_LAMS, RunDir
@@ -135,7 +140,6 @@ def _auto_device(device: Optional[str]) -> str:
 
 def _backbone_of(run_dir: Path, cfg, algo, what: str):
     """``algo.eval_model()``, checked to be a samix Backbone with ``num_features`` (ValueError otherwise)."""
-    from samix.models.base import Backbone
 
     model = algo.eval_model()
     if not isinstance(model, Backbone) or int(getattr(model, "num_features", 0) or 0) < 1:
@@ -174,7 +178,6 @@ def linear_probe_train_transform(info, size):
     dataset's normalisation (the ``imagenet`` preset: crop scale (0.08, 1) as MoCo's ``main_lincls`` for
     images of 64 px or more; (0.2, 1) for small images such as 28 px Fashion-MNIST or 32 px CIFAR, where
     8 % of the image is a few pixels)."""
-    from samix.data import build_transform
 
     side = size if isinstance(size, int) else min(size)
     scale = (0.08, 1.0) if side >= 64 else (0.2, 1.0)
@@ -204,10 +207,7 @@ def linear_eval_run(run_dir: str | Path, epochs: Optional[int] = None, lr: Optio
     """
     from torch.utils.data import DataLoader
 
-    from samix.algorithms.base import TransformedDataset
-    from samix.evaluate.linear_probe import MODES, LinearProbeConfig, train_linear_probe
 
-    from .assembly import _transforms, seed_everything
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -270,7 +270,6 @@ def knn_eval_run(run_dir: str | Path, k: int = 200, temperature: float = 0.1, ch
     features). Writes ``RUN/knn.json`` and ``knn_eval = {top1, top5, k, t}`` into ``RUN/summary.json`` (the
     training-time ``knn_top1`` of self-supervised runs is left as it is).
     """
-    from samix.evaluate.knn import knn_evaluate
 
     run_dir = Path(run_dir)
     dev = _auto_device(device)
@@ -291,8 +290,6 @@ def export_backbone_run(run_dir: str | Path, out_path: str | Path, checkpoint: O
     (``samix export-backbone RUN FILE.safetensors``, :func:`samix.models.export.export_backbone`); the header
     records ``model``, ``width``, ``in_chans``, ``run``, ``algorithm``, ``epoch``, ``dataset``. The dataset files
     are not read (except for a generic image folder, whose class count lives in the data)."""
-    from samix.data import dataset_info
-    from samix.models.export import export_backbone, export_key_map
 
     run_dir = Path(run_dir)
     out = Path(out_path).expanduser()
