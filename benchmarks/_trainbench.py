@@ -82,17 +82,19 @@ class TrainStep:
     pieces, for the phase breakdown of ``automix_cost.py``.
     """
 
-    def __init__(self, cfg, algo, optimizer, images, labels, total_steps: int = 10_000) -> None:
+    def __init__(self, cfg, algo, optimizer, images, labels, total_steps: int = 10_000, batch=None) -> None:
         from samix.engine.loop import Stepper
 
         self.cfg, self.algo, self.optimizer = cfg, algo, optimizer
         self.images, self.labels = images, labels
+        # the loader's batch as the algorithm expects it: (images, labels), or e.g. ((view_q, view_k), labels)
+        self.batch = (images, labels) if batch is None else batch
         self.stepper = Stepper(algo, algo, optimizer, cfg, images.device, int(total_steps))
         self.scaler = self.stepper.scaler
         self.step = 0
 
     def forward(self):
-        return self.stepper.forward((self.images, self.labels), self.step)
+        return self.stepper.forward(self.batch, self.step)
 
     def backward_and_step(self, out) -> torch.Tensor:
         loss = self.stepper.backward(out, self.step)

@@ -199,3 +199,18 @@ def test_evidence_report_pairs_seeds_and_aggregates_only_finished_runs(tmp_path)
     assert "| mixup | 82.50 +- 1.50 (n=3) | +1.50 +- 0.50 |" in md
     ev.plot(list(rows.values()), tmp_path / "evidence.png", 80)
     assert (tmp_path / "evidence.png").stat().st_size > 10_000
+
+
+def test_ssl_cost_script_times_moco_against_the_supervised_step(tmp_path):
+    ssl_cost = _load("ssl_cost")
+    out = tmp_path / "s.json"
+    assert ssl_cost.main(["--model", "convnet", "--batch", "4", "--queue", "8", "--repeats", "2", "--warmup", "0",
+                          "--threads", "1", "--policies", "mixup", "--json", str(out)]) == 0
+    rows = {r["candidate"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["supervised", "moco", "moco+mixup"]
+    assert rows["supervised"]["x_supervised"] == 1.0 and rows["moco"]["x_moco"] == 1.0
+    # MoCo runs the key encoder besides the query encoder, and mixup one more query pass: never cheaper
+    assert rows["moco"]["peak_mib"] > rows["supervised"]["peak_mib"]
+    assert rows["moco+mixup"]["peak_mib"] >= rows["moco"]["peak_mib"]
+    with pytest.raises(SystemExit):
+        ssl_cost.parse_args(["--queue", "10", "--batch", "4"])
