@@ -210,3 +210,8 @@ def get_algorithm_class(name: str) -> type:
 
 def build_algorithm(name: str, **kwargs) -> Algorithm:
     return ALGORITHMS.build(name, **kwargs)
+
+
+def algorithms_learning_masks() -> list[str]:
+    """Names of the registered algorithms that learn a mask generator (they override ``mask_generator``)."""
+    return [n for n, c in ALGORITHMS.items() if c.mask_generator is not Algorithm.mask_generator]

@@ -21,7 +21,8 @@ from samix.algorithms import Algorithm, build_algorithm, get_algorithm_class
 from samix.algorithms.base import TransformedDataset
 from samix.data import build_dataset, build_transform, dataset_info, stratified_subset
 from samix.losses import build_loss
-from samix.mixing import build_mixer
+from samix.mixing import build_mixer, list_mixers
+from samix.mixing.registry import mixer_options
 from samix.models import build_model
 
 from .config import ConfigError, section_options
@@ -135,9 +136,10 @@ def build_mixer_from_config(cfg: DictConfig, info, generator: torch.Generator):
     if cfg.mixer.name == NO_MIXER:
         stray = sorted(set(options) - {"alpha", "prob", "mode"})
         if stray:
-            raise ConfigError(f"mixer.{stray[0]} is set but mixer.name is 'none' (no mixing): set mixer.name "
-                              f"(e.g. mixer.name=samix_p for mixer.pretrained) or drop "
-                              f"{', '.join('mixer.' + k for k in stray)}")
+            owners = [n for n in list_mixers() if stray[0] in mixer_options(n)]
+            hint = f" (mixer.{stray[0]} is an option of {', '.join(owners)})" if owners else ""
+            raise ConfigError(f"mixer.{stray[0]} is set but mixer.name is 'none' (no mixing): set mixer.name"
+                              f"{hint} or drop {', '.join('mixer.' + k for k in stray)}")
         return None
     mixer = build_mixer(cfg.mixer.name, num_classes=info.num_classes, generator=generator, **options)
     mixer.bind_data(dataset=cfg.data.name, image_size=cfg.data.get("image_size"))

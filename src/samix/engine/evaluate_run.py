@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from samix._io import atomic_write_text
-from samix.algorithms.base import TransformedDataset
+from samix.algorithms.base import TransformedDataset, algorithms_learning_masks
 from samix.data import build_dataset, build_transform, dataset_info, stratified_subset
 from samix.evaluate import corruption_accuracy, evaluate_classifier, reliability_diagram
 from samix.evaluate.knn import knn_evaluate
@@ -93,7 +93,7 @@ def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
 
 
 def compare_masks(run_dirs, out: str, pairs: int = 4, lams=MASK_LAMS):
-    """One PNG with the learned masks of several runs (AutoMix, SAMix, ...) on the same test pairs.
+    """One PNG with the learned masks of several runs on the same test pairs.
 
     Every run must be of an algorithm that learns masks (:meth:`~samix.algorithms.Algorithm.masks_for`)
     and all runs must use the same dataset (the first ``2 * pairs`` test images of the first run are
@@ -116,7 +116,7 @@ def compare_masks(run_dirs, out: str, pairs: int = 4, lams=MASK_LAMS):
         m = algo.masks_for(images, list(lams))
         if m is None:
             raise ValueError(f"{d}: algorithm {cfg.algorithm.name!r} learns no masks (only runs of algorithms "
-                             f"with a mask generator, e.g. automix/samix, can be compared)")
+                             f"with a mask generator, {', '.join(algorithms_learning_masks())}, can be compared)")
         name = str(cfg.name or Path(d).name)
         if name in masks:
             name = f"{name} ({Path(d).name})"

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
+from samix.algorithms.base import algorithms_learning_masks
 from samix.data import dataset_info
 from samix.pretrained import MixerMetadata, PathLike, save_pretrained_mixer
 
@@ -20,7 +21,7 @@ from .evaluate_run import load_run
 
 
 def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[PathLike] = None) -> MixerMetadata:
-    """Export the trained Mixer / Mix Block of a samix or automix run directory (``samix export-mixer``).
+    """Export the trained Mixer / Mix Block of a run directory (``samix export-mixer``).
 
     Rebuilds the run from ``RUN_DIR/config.yaml`` and ``checkpoints/last.pt`` (or ``checkpoint``)
     without reading the dataset (its files are not needed), then writes the generator and the
@@ -48,7 +49,8 @@ def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[Pat
     found = algo.mask_generator()
     if found is None:
         raise ValueError(f"run {run} (algorithm.name={cfg.algorithm.name!r}) has no learned Mixer or Mix Block; "
-                         f"export-mixer needs a run of an algorithm that learns one (e.g. 'samix' or 'automix')")
+                         f"export-mixer needs a run of an algorithm that learns one: "
+                         f"{', '.join(algorithms_learning_masks())}")
     generator, encoder, stage = found
     in_chans = int(cfg.model.in_chans or info.in_chans)
     size = cfg.data.image_size or info.image_size

@@ -59,6 +59,11 @@ def _init_options(cls) -> set:
     return names
 
 
+def mixer_options(name: str) -> set:
+    """The constructor options of the policy registered as ``name``."""
+    return _init_options(get_mixer_class(name))
+
+
 def _option_hint(name: str, err: TypeError):
     """For "unexpected keyword argument 'x'": which registered policies take option ``x``."""
     import re
