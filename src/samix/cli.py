@@ -107,13 +107,18 @@ def compare_table(run_dirs: List[str]) -> str:
             rows.append((Path(d).name, None, None, None, None, None))
             continue
         s = json.loads(p.read_text())
-        rows.append((s.get("name") or Path(d).name, s.get("top1_median_last5"), s.get("top1_median_last10"),
+        # top1_median_last10 is the median over the run's eval.median_last epochs (summary: median_window)
+        window = s.get("median_window")
+        med = s.get("top1_median_last10")
+        med_txt = f"{med:.2f} ({window})" if isinstance(med, (int, float)) and window else _fmt(med, '.2f').strip()
+        rows.append((s.get("name") or Path(d).name, s.get("top1_median_last5"), med_txt,
                      s.get("top1_best"), s.get("ece"), s.get("sec_per_iter")))
-    head = f"{'run':<24} {'top1 med5':>9} {'top1 med10':>10} {'top1 best':>9} {'ECE %':>7} {'s/iter':>8}"
+    head = f"{'run':<24} {'top1 med5':>9} {'top1 med(N)':>12} {'top1 best':>9} {'ECE %':>7} {'s/iter':>8}"
     lines = [head, "-" * len(head)]
-    for name, m5, m10, best, ece, spi in rows:
-        lines.append(f"{name:<24} {_fmt(m5, '9.2f')} {_fmt(m10, '10.2f')} {_fmt(best, '9.2f')} "
+    for name, m5, med_txt, best, ece, spi in rows:
+        lines.append(f"{name:<24} {_fmt(m5, '9.2f')} {med_txt:>12} {_fmt(best, '9.2f')} "
                      f"{_fmt(ece, '7.2f')} {_fmt(spi, '8.4f')}")
+    lines.append("med(N): median top-1 of the last N epochs (eval.median_last; the papers use N = 10)")
     return "\n".join(lines)
 
 
@@ -166,6 +171,7 @@ def _cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="samix", description="mixup-based visual representation learning")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also SAMIX_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train from a YAML config with key=value overrides")
@@ -235,16 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: errors that say what the user should change; anything else is reported as a probable bug
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError, RuntimeError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        # User errors (bad config, missing data, unknown names) read better without a traceback;
-        # SAMIX_DEBUG=1 shows it.
-        if os.environ.get("SAMIX_DEBUG"):
+    except KeyboardInterrupt:
+        print("samix: interrupted (a run continues from its last checkpoint with resume=true)", file=sys.stderr)
+        return 130
+    except Exception as e:  # one format for every failure; the traceback behind --debug / SAMIX_DEBUG=1
+        if args.debug or os.environ.get("SAMIX_DEBUG"):
             raise
-        print(f"samix: error: {type(e).__name__}: {e}", file=sys.stderr)
+        msg = str(e) or repr(e)
+        if isinstance(e, OSError) and e.errno == 28:
+            msg = f"the disk is full ({msg}); the last complete checkpoint is still in place: free space, then resume"
+        print(f"samix: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        if not isinstance(e, USER_ERRORS + (OSError,)):
+            print("samix: this looks like a bug in samix: rerun with --debug and report the traceback",
+                  file=sys.stderr)
         return 2
 
 

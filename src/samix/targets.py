@@ -12,6 +12,29 @@ import torch
 from torch import Tensor
 
 
+def probability_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a row of probabilities may sum: 1e-3 (float32/64), 1e-2 (float16/bfloat16)."""
+    return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+
+
+def check_probability_rows(probs: Tensor) -> None:
+    """Probability labels ``[B, K]``: every row finite, non-negative and summing to 1 (within
+    :func:`probability_tolerance`); otherwise ``ValueError`` naming the first bad row and what is wrong."""
+    p = probs.detach().float()
+    sums = p.sum(dim=1)
+    bad_finite = ~torch.isfinite(p).all(dim=1)
+    bad_sign = (p < 0).any(dim=1)
+    bad_sum = (sums - 1).abs() > probability_tolerance(probs.dtype)
+    bad = bad_finite | bad_sign | bad_sum
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        why = ("holds NaN or Inf" if bad_finite[i] else "has a negative entry" if bad_sign[i]
+               else f"sums to {float(sums[i]):.6g}")
+        raise ValueError(f"probability labels must be finite, non-negative rows summing to 1 (within "
+                         f"{probability_tolerance(probs.dtype):g}); row {i} {why}: {[round(v, 4) for v in p[i].tolist()[:10]]}"
+                         f"{' ...' if p.shape[1] > 10 else ''}")
+
+
 def check_labels(labels, batch_size: int, num_classes: Optional[int]) -> None:
     """Raise a clear error for labels that do not fit a batch of ``batch_size`` images."""
     if not isinstance(labels, Tensor):
@@ -36,6 +59,7 @@ def check_labels(labels, batch_size: int, num_classes: Optional[int]) -> None:
             raise ValueError(
                 f"probability labels must have num_classes={num_classes} columns, got {labels.shape[1]}"
             )
+        check_probability_rows(labels)
     else:
         raise ValueError(f"labels must be int [B] or probabilities [B, K], got shape {tuple(labels.shape)}")
 

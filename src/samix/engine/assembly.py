@@ -94,7 +94,13 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
                                                   seed=int(cfg.seed), drop_last=True)
     common = dict(num_workers=int(cfg.num_workers), pin_memory=torch.cuda.is_available(),
                   persistent_workers=int(cfg.num_workers) > 0)
-    train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True, **common)
+    # Training workers are started afresh each epoch from a generator the engine seeds with (seed, epoch,
+    # rank) (:func:`seed_train_workers`): their augmentation draws are a function of the epoch, so a resumed
+    # run draws what the uninterrupted one drew (persistent workers would carry an RNG state that no
+    # checkpoint holds).
+    train_loader = DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True,
+                              num_workers=int(cfg.num_workers), pin_memory=torch.cuda.is_available(),
+                              persistent_workers=False, generator=torch.Generator())
     eval_bs = max(local_bs, 100)
     test_loader = DataLoader(test_set, batch_size=eval_bs, shuffle=False,
                              sampler=ShardSampler(len(test_set), rank, world), **common)
@@ -128,6 +134,11 @@ def labeled_train_set(cfg: DictConfig, subset: Optional[int] = None):
     if n and int(n) != len(full):
         return stratified_subset(full, int(n), seed=int(cfg.seed))
     return full
+
+
+def seed_train_workers(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
+    """Seed the generator from which ``loader``'s workers of this epoch take their seeds."""
+    loader.generator.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + int(rank) * 104_729) % 2**63)
 
 
 def build_mixer_from_config(cfg: DictConfig, info, generator: torch.Generator):

@@ -76,6 +76,11 @@ DEFAULTS = {
 
 OPEN_SECTIONS = ("mixer", "algorithm", "model.kwargs", "loss.kwargs")
 
+#: what ``resume=true`` may change (logging, evaluation, length, outputs, where it runs); anything else
+#: would silently continue another experiment
+RESUMABLE = ("epochs", "resume", "name", "out_dir", "log_interval", "eval_interval", "threads", "num_workers",
+             "device", "viz", "eval", "dist.backend")
+
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -195,3 +200,29 @@ def section_options(section: DictConfig, reserved: Iterable[str] = ("name",)) ->
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resume_drift(trained: dict, now: DictConfig) -> list:
+    """``[(key, trained value, new value)]`` for every key that differs between a checkpoint's config and the
+    config of the resuming run, except the keys ``resume=true`` may change (:data:`RESUMABLE`)."""
+    a = _flatten(trained)
+    b = _flatten(OmegaConf.to_container(now, resolve=True))
+    drift = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if va != vb and not (va in (None, {}) and vb in (None, {})):
+            drift.append((key, va, vb))
+    return drift

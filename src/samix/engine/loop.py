@@ -195,7 +195,7 @@ def train_one_epoch(stepper: Stepper, loader, epoch: int, channels_last: bool = 
             on_batch(batch)
         last = stepper(batch, epoch * iters + i)
         if progress is not None:
-            progress.update(i, lambda: float(last["loss"]))
+            progress.update(i, lambda: float(last["loss"].detach()))
     if progress is not None:
         progress.close()
     if stepper.device.type == "cuda":

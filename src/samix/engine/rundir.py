@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -42,6 +45,62 @@ def setup_logging(out_dir: Path, is_main: bool) -> None:
         fh = logging.FileHandler(out_dir / "train.log")
         fh.setFormatter(fmt)
         log.addHandler(fh)
+
+
+class RunLockedError(RuntimeError):
+    """Another live process owns the run directory."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN/.lock``, ``fcntl.flock``): one run owns it.
+
+    The lock is the kernel's, held by the open file: it is released when the owner exits, however it
+    exits (a killed owner leaves a stale ``.lock`` file, which does not block the next run). The file
+    names the owner (pid, host, start time) for the error message of a second run.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.fh = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "an unknown process"
+            fh.close()
+            raise RunLockedError(f"{self.path.parent} is in use by another run ({owner}); wait for it to end, or "
+                                 f"choose another out_dir=...") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def release(self) -> None:
+        if self.fh is not None:
+            import fcntl
+
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+def remove_partial_writes(run_dir: Path) -> List[Path]:
+    """Delete the temporary files an interrupted atomic write left in the run directory (``.NAME.*.tmp``)."""
+    gone = []
+    for d in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 def read_metrics(path: Path) -> List[dict]:

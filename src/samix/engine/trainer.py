@@ -22,12 +22,12 @@ from samix.algorithms import EvalContext
 from samix.evaluate import median_last
 
 from . import distributed as D
-from .assembly import build_algorithm_from_config, build_data, run_generator, seed_everything
+from .assembly import build_algorithm_from_config, build_data, run_generator, seed_everything, seed_train_workers
 from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
-from .config import save_config
+from .config import ConfigError, resume_drift, save_config
 from .loop import Progress, Stepper, amp_dtype_of, train_one_epoch
 from .optim import build_optimizer
-from .rundir import RunDir, log, setup_logging
+from .rundir import RunDir, RunLock, log, remove_partial_writes, setup_logging
 
 #: per-epoch accuracy metrics an algorithm may report; each gets _last/_best/_median_last10 in the summary
 SUMMARY_METRICS = ("top1", "knn_top1")
@@ -38,9 +38,14 @@ _NOT_LOGGED = ("n", "logits", "labels", "ece", "loss")
 def train(cfg: DictConfig) -> Dict[str, Any]:
     """Run (or resume) the experiment described by ``cfg``; returns the summary (rank 0)."""
     di = D.setup(cfg.device, cfg.dist.backend)
+    lock = None
     try:
+        if di.is_main:  # one run owns its directory (released when this process ends, however it ends)
+            lock = RunLock(Path(cfg.out_dir)).acquire()
         return _train(cfg, di)
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
@@ -61,6 +66,9 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
             f"{run.path} already holds a run (checkpoints/last.pt). Continue it with resume=true, "
             f"or choose another out_dir=... ; nothing was overwritten."
         )
+    if di.is_main:
+        for p in remove_partial_writes(run.path):
+            log.info(f"removed {p} (left by an interrupted write)")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if cfg.deterministic:
@@ -93,13 +101,19 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
     start_epoch, rows = 0, []
     if cfg.resume and run.checkpoint.exists():
         ck = load_checkpoint(run.checkpoint, map_location=device)
+        drift = resume_drift(ck.get("config", {}), cfg)
+        if drift:
+            raise ConfigError("resume=true continues the run as it was trained; these keys differ from its "
+                              "checkpoint: " + ", ".join(f"{k} (trained with {a!r}, now {b!r})" for k, a, b in drift)
+                              + ". Resume without them, or start a new run with another out_dir=...")
         algo.load_state_dict(ck["algorithm"])
         optimizer.load_state_dict(ck["optimizer"])
         stepper.scaler.load_state_dict(ck["scaler"])
         start_epoch = int(ck["epoch"])
         rngs = ck["rng"]
         set_rng_state(rngs[di.rank] if di.rank < len(rngs) else rngs[0], {"mixer": generator})
-        rows = [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
+        # the checkpoint carries the metric rows: an epoch whose row did not reach metrics.jsonl is not lost
+        rows = list(ck["metrics"]) if "metrics" in ck else [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
         log.info(f"resumed from {run.checkpoint} at epoch {start_epoch}/{cfg.epochs}")
     elif cfg.resume:
         log.info(f"resume=true but {run.checkpoint} does not exist: starting from scratch")
@@ -126,6 +140,7 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
     eval_keys: List[str] = ["top1", "top5", "test_loss"]
     for epoch in range(start_epoch, int(cfg.epochs)):
         data.sampler.set_epoch(epoch)
+        seed_train_workers(data.train_loader, int(cfg.seed), epoch, di.rank)
         prog = Progress(iters, f"epoch {epoch + 1}/{cfg.epochs}", di.is_main, int(cfg.log_interval), log=log.info)
         stats = train_one_epoch(stepper, data.train_loader, epoch, bool(cfg.channels_last), prog, keep_first)
         epoch_logs = algo.on_epoch_end(epoch + 1)
@@ -154,7 +169,7 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
         if di.is_main:
             ck = {"algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(),
                   "scaler": stepper.scaler.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * iters,
-                  "rng": states, "config": OmegaConf.to_container(cfg, resolve=True)}
+                  "rng": states, "config": OmegaConf.to_container(cfg, resolve=True), "metrics": rows}
             atomic_torch_save(ck, run.checkpoint)
             run.write_metrics(rows)
             run.log_scalars(row, epoch + 1)
@@ -193,13 +208,14 @@ def finish(cfg, algo, ctx: EvalContext, rows, di, run: RunDir) -> Dict[str, Any]
         hist = [r[key] for r in rows if r.get(key) is not None]
         summary[f"{key}_last"] = ev[key]
         summary[f"{key}_best"] = max(hist) if hist else None
+        # the papers' "median of the last 10 epochs", over the last eval.median_last epochs (median_window)
         summary[f"{key}_median_last10"] = median_last(hist, n_med) if hist else None
         summary[f"{key}_median_last5"] = median_last(hist, 5) if hist else None
     if "knn_top1" in ev:
         summary["knn_top1"] = ev["knn_top1"]
     if "top5" in ev:
         summary["top5_last"] = ev["top5"]
-    summary.update({"ece": None if ece is None else float(ece), "epochs": len(rows),
+    summary.update({"median_window": n_med, "ece": None if ece is None else float(ece), "epochs": len(rows),
                     "sec_per_iter": statistics.median(spi) if spi else None, "world_size": di.world_size})
     run.write_summary(summary)
     if di.is_main:
