@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -94,13 +95,49 @@ class ConfigError(ValueError):
     """A config problem: names the key, what is allowed, and the file."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml_file(path: Path):
+    """The file as an OmegaConf object: safe YAML only (no tags that build Python objects), unique keys, text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a text (UTF-8) YAML file") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "could not determine a constructor" in str(e):
+            problem = f"a YAML tag that would build a Python object ({problem}); configs hold plain data only"
+        raise ConfigError(f"config {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
 def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"config {path}: _base_ cycle through {[str(s) for s in seen]}")
-    cfg = OmegaConf.load(path)
+    cfg = _read_yaml_file(path)
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(cfg).__name__}")
     base = cfg.pop("_base_", None)
@@ -122,7 +159,10 @@ def _check_keys(cfg: DictConfig, schema: dict, where: str, source: str) -> None:
             )
         if dotted.rstrip(".") in OPEN_SECTIONS:
             continue
-        if isinstance(schema[key], dict) and isinstance(cfg[key], DictConfig):
+        if isinstance(schema[key], dict):
+            if not isinstance(cfg[key], DictConfig):
+                raise ConfigError(f"config key {dotted!r} in {source} must be a section (a mapping of keys such as "
+                                  f"{', '.join(sorted(schema[key])[:3])}), got {OmegaConf.to_container(cfg)[key]!r}")
             _check_keys(cfg[key], schema[key], f"{dotted}.", source)
 
 
@@ -151,6 +191,45 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
     return cfg
 
 
+#: integer keys and their minimum (``None`` allowed where the default is ``None``)
+INT_KEYS = {"log_interval": 1, "eval_interval": 1, "num_workers": 0, "threads": 1, "eval.ece_bins": 1,
+            "eval.median_last": 1, "eval.corruption_subset": 1, "viz.every": 0, "viz.pairs": 1,
+            "data.train_subset": 1, "data.test_subset": 1, "data.probe_subset": 1, "data.padding": 0}
+#: number keys: (low, low_open, high)
+NUMBER_KEYS = {"optim.lr": (0.0, True, None), "optim.momentum": (0.0, False, 1.0), "optim.weight_decay": (0.0, False, None),
+               "optim.grad_clip": (0.0, True, None), "sched.warmup_epochs": (0.0, False, None),
+               "sched.min_lr": (0.0, False, None), "sched.warmup_start_factor": (0.0, True, 1.0),
+               "loss.label_smoothing": (0.0, False, 1.0), "model.width": (0.0, True, None)}
+BOOL_KEYS = ("resume", "channels_last", "deterministic", "optim.nesterov", "eval.corruption", "dist.sync_bn",
+             "dist.find_unused_parameters")
+
+
+def _check_values(cfg: DictConfig, source: str) -> None:
+    """Types and ranges of the fixed keys, checked before anything runs (the key is named)."""
+    def fail(key, expected, value):
+        raise ConfigError(f"config key {key!r} in {source} must be {expected}, got {value!r}")
+
+    for key, low in INT_KEYS.items():
+        v = OmegaConf.select(cfg, key)
+        if v is None and (key in ("threads",) or key.startswith("data.")):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            fail(key, f"an integer >= {low}" + (" (or null)" if key == "threads" or key.startswith("data.") else ""), v)
+    for key, (low, low_open, high) in NUMBER_KEYS.items():
+        v = OmegaConf.select(cfg, key)
+        if v is None and key == "optim.grad_clip":
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+            (v > low if low_open else v >= low) and (high is None or v <= high)
+        if not ok:
+            rng = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            fail(key, f"a number {rng}", v)
+    for key in BOOL_KEYS:
+        v = OmegaConf.select(cfg, key)
+        if not isinstance(v, bool):
+            fail(key, "true or false", v)
+
+
 def validate(cfg: DictConfig, source: str = "<config>") -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -162,8 +241,7 @@ def validate(cfg: DictConfig, source: str = "<config>") -> None:
             raise ConfigError(f"config key {key!r} in {source} must be a positive integer, got {v!r}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"config key 'seed' in {source} must be an integer, got {cfg.seed!r}")
-    if float(cfg.optim.lr) <= 0:
-        raise ConfigError(f"config key 'optim.lr' in {source} must be > 0, got {cfg.optim.lr!r}")
+    _check_values(cfg, source)
     if "label_smoothing" in cfg.loss.kwargs:
         raise ConfigError(f"config key 'loss.kwargs.label_smoothing' in {source}: set loss.label_smoothing instead "
                           f"(got both places)")
