@@ -37,6 +37,8 @@ def _cmd_eval(args) -> int:
 
     ssl = args.linear or args.knn
     if not ssl or args.corruptions:  # --linear / --knn alone skip the classifier evaluation
+        if args.subset is not None and args.subset < 1:
+            raise ValueError(f"--subset must be a positive number of test images, got {args.subset}")
         res = ev.evaluate_run(args.run_dir, corruptions=args.corruptions, corruption_subset=args.subset,
                               checkpoint=args.checkpoint)
         print(json.dumps(res, indent=2))

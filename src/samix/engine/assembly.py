@@ -73,6 +73,16 @@ def _transforms(cfg: DictConfig, info):
     return train_tf, test_tf
 
 
+def _subset(dataset, key: str, n: int, seed: int):
+    """A stratified, seeded subset; a size the data cannot give is a sentence naming the config key."""
+    if n > len(dataset):
+        raise ConfigError(f"{key}={n} is larger than the data ({len(dataset)} images): choose at most {len(dataset)}")
+    try:
+        return stratified_subset(dataset, n, seed=seed)
+    except ValueError as e:
+        raise ConfigError(f"{key}={n}: {e}") from None
+
+
 def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
     info = dataset_info(cfg.data.name)
     train_tf, test_tf = _transforms(cfg, info)
@@ -80,9 +90,9 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
                                            split=cfg.data.get("train_split"))
     test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
     if cfg.data.train_subset:
-        raw_train = stratified_subset(raw_train, int(cfg.data.train_subset), seed=int(cfg.seed))
+        raw_train = _subset(raw_train, "data.train_subset", int(cfg.data.train_subset), int(cfg.seed))
     if cfg.data.test_subset:
-        test_set = stratified_subset(test_set, int(cfg.data.test_subset), seed=0)
+        test_set = _subset(test_set, "data.test_subset", int(cfg.data.test_subset), 0)
     algo_cls = get_algorithm_class(cfg.algorithm.name)
     train_set = algo_cls.wrap_dataset(raw_train, train_tf, section_options(cfg.algorithm))
     if cfg.batch_size % world != 0:
@@ -132,7 +142,7 @@ def labeled_train_set(cfg: DictConfig, subset: Optional[int] = None):
         raise ConfigError(f"train_subset must be in [1, {len(full)}] (the labeled training images of "
                           f"{cfg.data.name!r} number {len(full)}), got {subset}")
     if n and int(n) != len(full):
-        return stratified_subset(full, int(n), seed=int(cfg.seed))
+        return _subset(full, "data.probe_subset" if not subset else "train_subset", int(n), int(cfg.seed))
     return full
 
 

@@ -6,6 +6,7 @@ with ``torch.load(..., weights_only=True)`` (no code runs on load).
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict
@@ -30,11 +31,63 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _io.atomic_write(path, lambda f: torch.save(obj, f))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (damaged, or not a samix checkpoint)."""
+
+
+def _older(path: Path) -> str:
+    prev = path.with_name("prev.pt")
+    if prev != path and prev.is_file():
+        return f"; the previous checkpoint {prev} is intact (copy it over {path.name} to resume from it)"
+    return "; there is no older checkpoint to fall back to"
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
+    """Load a samix checkpoint with ``weights_only=True``. A file that is damaged (truncated, empty) or holds
+    Python objects samix never writes (a refused pickle payload) raises :class:`CheckpointError` saying so and
+    naming an older checkpoint when one exists; nothing in the file is executed."""
+    import pickle
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is damaged: the file is empty{_older(path)}")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a samix checkpoint: it holds Python objects that samix checkpoints "
+                              f"never contain, so it was refused unread{_older(path)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged (truncated or corrupt: {str(e).splitlines()[0]})"
+                              f"{_older(path)}") from None
+    if not isinstance(ck, dict) or "algorithm" not in ck:
+        raise CheckpointError(f"{path} is not a samix checkpoint (no 'algorithm' state){_older(path)}")
+    return ck
+
+
+def save_checkpoint(ck: Dict[str, Any], path: Path) -> None:
+    """Write ``ck`` atomically to ``path``, keeping the checkpoint it replaces as ``prev.pt`` beside it.
+
+    The new file is complete (temp file, fsync) before anything moves, so a kill or a full disk during the
+    write leaves ``path`` as it was; a kill between the two renames leaves ``prev.pt`` only, which
+    :func:`resume_path` picks up."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.next.tmp")
+    _io.atomic_write(tmp, lambda f: torch.save(ck, f))
+    if path.exists():
+        os.replace(path, path.with_name("prev.pt"))
+    os.replace(tmp, path)
+
+
+def resume_path(path: Path) -> Path:
+    """``path`` if it exists, else ``prev.pt`` beside it when a kill fell between the renames of
+    :func:`save_checkpoint`."""
+    path = Path(path)
+    prev = path.with_name("prev.pt")
+    return prev if not path.exists() and prev.is_file() else path
 
 
 def rng_state(generators: Dict[str, torch.Generator] | None = None) -> Dict[str, Any]:

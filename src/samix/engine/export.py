@@ -28,6 +28,8 @@ def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[Pat
     momentum (teacher) encoder's stem + stages ``1..l`` with :func:`save_pretrained_mixer`. Without a
     momentum pipeline (``momentum_pipeline=false``) the online network is the encoder, as in training.
     """
+    if Path(os.fspath(out_path)).expanduser().is_dir():
+        raise ValueError(f"the output {out_path} is a directory: give a file name, e.g. {Path(out_path) / 'mixer.safetensors'}")
     run = Path(os.fspath(run_dir)).expanduser()
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():

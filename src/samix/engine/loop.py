@@ -105,7 +105,7 @@ class Stepper:
         # on the CPU a NaN/Inf loss stops the run at its step (free); on accelerators at the epoch's end
         # (a per-step check would synchronise the host with the device every step)
         if self.device.type == "cpu" and not torch.isfinite(loss.detach()).item():
-            raise DivergenceError(f"training loss is {float(loss)} at step {step + 1}")
+            raise DivergenceError(f"training loss is {float(loss.detach())} at step {step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.optimizer_step()

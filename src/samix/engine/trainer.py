@@ -23,9 +23,9 @@ from samix.evaluate import median_last
 
 from . import distributed as D
 from .assembly import build_algorithm_from_config, build_data, run_generator, seed_everything, seed_train_workers
-from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import load_checkpoint, resume_path, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, resume_drift, save_config
-from .loop import Progress, Stepper, amp_dtype_of, train_one_epoch
+from .loop import DivergenceError, Progress, Stepper, amp_dtype_of, train_one_epoch
 from .optim import build_optimizer
 from .rundir import RunDir, RunLock, log, remove_partial_writes, setup_logging
 
@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     di = D.setup(cfg.device, cfg.dist.backend)
     lock = None
     try:
+        check_out_dir(Path(cfg.out_dir))
         if di.is_main:  # one run owns its directory (released when this process ends, however it ends)
             lock = RunLock(Path(cfg.out_dir)).acquire()
         return _train(cfg, di)
@@ -55,13 +56,24 @@ def _eval_row(ev: Dict[str, Any]) -> Dict[str, Any]:
     return row
 
 
+def check_out_dir(path: Path) -> None:
+    """``out_dir`` must be a directory or a path that can become one (a sentence naming the key otherwise)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out_dir={path} is a file, not a directory: choose another out_dir=...")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"out_dir={path} lies under {parent}, which is a file: choose another out_dir=...")
+            break
+
+
 def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
     run = RunDir(Path(cfg.out_dir), enabled=di.is_main)
     if di.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
     D.barrier()
     setup_logging(run.path, di.is_main)
-    if run.checkpoint.exists() and not cfg.resume:
+    if resume_path(run.checkpoint).exists() and not cfg.resume:
         raise FileExistsError(
             f"{run.path} already holds a run (checkpoints/last.pt). Continue it with resume=true, "
             f"or choose another out_dir=... ; nothing was overwritten."
@@ -99,8 +111,8 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
 
     # ---- resume
     start_epoch, rows = 0, []
-    if cfg.resume and run.checkpoint.exists():
-        ck = load_checkpoint(run.checkpoint, map_location=device)
+    if cfg.resume and resume_path(run.checkpoint).exists():
+        ck = load_checkpoint(resume_path(run.checkpoint), map_location=device)
         drift = resume_drift(ck.get("config", {}), cfg)
         if drift:
             raise ConfigError("resume=true continues the run as it was trained; these keys differ from its "
@@ -142,7 +154,13 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
         data.sampler.set_epoch(epoch)
         seed_train_workers(data.train_loader, int(cfg.seed), epoch, di.rank)
         prog = Progress(iters, f"epoch {epoch + 1}/{cfg.epochs}", di.is_main, int(cfg.log_interval), log=log.info)
-        stats = train_one_epoch(stepper, data.train_loader, epoch, bool(cfg.channels_last), prog, keep_first)
+        try:
+            stats = train_one_epoch(stepper, data.train_loader, epoch, bool(cfg.channels_last), prog, keep_first)
+        except DivergenceError as e:
+            good = resume_path(run.checkpoint)
+            where = (f"the last good checkpoint is {good} (epoch {epoch})" if good.exists()
+                     else "no checkpoint was written yet")
+            raise DivergenceError(f"{e}; stopping: {where}. Lower optim.lr or set optim.grad_clip") from None
         epoch_logs = algo.on_epoch_end(epoch + 1)
 
         # Evaluate every eval_interval epochs, and always in the last `median_last` epochs
@@ -170,7 +188,7 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
             ck = {"algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(),
                   "scaler": stepper.scaler.state_dict(), "epoch": epoch + 1, "step": (epoch + 1) * iters,
                   "rng": states, "config": OmegaConf.to_container(cfg, resolve=True), "metrics": rows}
-            atomic_torch_save(ck, run.checkpoint)
+            save_checkpoint(ck, run.checkpoint)
             run.write_metrics(rows)
             run.log_scalars(row, epoch + 1)
             run.plot_curves(rows)

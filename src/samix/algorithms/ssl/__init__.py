@@ -1,3 +1,4 @@
 """Self-supervised algorithms (two augmented views, no labels): MoCo v1/v2 with cross-view instance mixup
-for every mixing policy. Shared pieces: :mod:`.base` (two-view data, kNN evaluation, the pairing),
+for every mixing policy (:mod:`.moco`), SAMix-I (:mod:`.samix_i`: the Mixer inside MoCo's momentum
+pipeline). Shared pieces: :mod:`.base` (two-view data, kNN evaluation, the pairing),
 :mod:`.queue` (the negative dictionary)."""
