@@ -149,3 +149,42 @@ def test_the_summary_says_which_window_its_median_covers(tmp_path, fm_root):
     assert s["median_window"] == 2
     table = compare_table([str(out)])
     assert f"{s['top1_median_last10']:.2f} (2)" in table and "last N epochs" in table
+
+
+@pytest.mark.slow
+def test_a_real_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, fm_root):
+    """SIGKILL a `samix train` process (2 data-loading workers) once it has written a checkpoint, resume it,
+    and compare with an uninterrupted run: same weights, same metric rows."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo / "src")}
+    common = TINY + [f"data.root={fm_root}", "epochs=4", "num_workers=2", "data.preset=grayscale",
+                     "data.padding=2"]
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "samix.cli", "train", str(repo / "configs/fashion_mnist/vanilla.yaml"),
+                *common, f"out_dir={out}", *extra]
+
+    assert subprocess.run(cmd(tmp_path / "full"), env=env, capture_output=True, timeout=600).returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its workers, wherever they are
+    proc.wait()
+    r = subprocess.run(cmd(cut, "resume=true"), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wa, wb = _weights(tmp_path / "full"), _weights(cut)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    strip = ("epoch_time_s", "sec_per_iter", "eval_time_s")
+    rows_a = [{k: v for k, v in r.items() if k not in strip} for r in _rows(tmp_path / "full")]
+    rows_b = [{k: v for k, v in r.items() if k not in strip} for r in _rows(cut)]
+    assert rows_a == rows_b
