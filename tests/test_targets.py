@@ -88,8 +88,8 @@ def test_mix_targets_dtype():
 def test_check_labels_accepts_good_labels():
     check_labels(torch.tensor([0, 4, 2]), 3, 5)
     check_labels(torch.tensor([0, 4, 2], dtype=torch.int32), 3, 5)
-    check_labels(torch.rand(3, 5), 3, None)
-    check_labels(torch.rand(3, 5), 3, 5)
+    check_labels(torch.rand(3, 5).softmax(1), 3, None)  # probability rows (issue 18: they must sum to 1)
+    check_labels(torch.rand(3, 5).softmax(1), 3, 5)
 
 
 @pytest.mark.parametrize("labels,b,k,exc,pattern", [

@@ -62,8 +62,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged (truncated or corrupt: {str(e).splitlines()[0]})"
                               f"{_older(path)}") from None
-    if not isinstance(ck, dict) or "algorithm" not in ck:
-        raise CheckpointError(f"{path} is not a samix checkpoint (no 'algorithm' state){_older(path)}")
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path} is not a samix checkpoint (a {type(ck).__name__}, not a mapping){_older(path)}")
     return ck
 
 

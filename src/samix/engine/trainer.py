@@ -113,6 +113,10 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
     start_epoch, rows = 0, []
     if cfg.resume and resume_path(run.checkpoint).exists():
         ck = load_checkpoint(resume_path(run.checkpoint), map_location=device)
+        missing = sorted({"algorithm", "optimizer", "scaler", "epoch", "rng"} - set(ck))
+        if missing:
+            raise ValueError(f"{resume_path(run.checkpoint)} is not a samix training checkpoint (no {missing}); "
+                             f"choose another out_dir=... to start a new run")
         drift = resume_drift(ck.get("config", {}), cfg)
         if drift:
             raise ConfigError("resume=true continues the run as it was trained; these keys differ from its "
