@@ -302,3 +302,23 @@ dist.destroy_process_group()
     res = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
     assert all(x["same"] for x in res) and all(x["ptr"] == 8 for x in res)
     assert all(torch.isfinite(torch.tensor(x["loss"])) for x in res)
+
+
+def test_stl10_row_pretrains_on_train_plus_unlabeled_and_probes_on_train(tmp_path):
+    """The STL-10 protocol of Table 5 on files in STL-10's real binary format: pre-training reads
+    train+unlabeled (unlabeled images carry label -1, never read), the kNN monitor the labeled train split."""
+    from fake_datasets import write_stl10
+    from samix.engine.assembly import build_data
+    from samix.engine.trainer import train
+
+    write_stl10(tmp_path / "data", n_train=10, n_test=6, n_unlabeled=10)
+    overrides = [f"data.root={tmp_path / 'data'}", "model.name=convnet", "model.width=0.25", "batch_size=4",
+                 "epochs=1", "algorithm.queue_size=8", "data.image_size=32", "threads=1", "log_interval=1000",
+                 f"out_dir={tmp_path / 'run'}", "num_workers=0", "eval.median_last=1"]
+    cfg = load_config(REPO / "configs/stl10/mocov2_mixup_r18_ep400.yaml", overrides)
+    data = build_data(cfg, 0, 1)
+    assert len(data.train_loader.dataset) == 20 and len(data.memory_loader().dataset) == 10
+    labels = {int(data.train_loader.dataset.dataset[i][1]) for i in range(20)}
+    assert -1 in labels  # the unlabeled images are in the pre-training set
+    summary = train(cfg)
+    assert 0 <= summary["knn_top1"] <= 100
