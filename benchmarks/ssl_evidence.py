@@ -197,13 +197,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "ssl_evidence")
     p.add_argument("--data-root", default="data")
+    p.add_argument("--late", nargs="*", default=[], help="methods to run after every seed of the others "
+                   "(e.g. to get paired seeds of two methods first)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for s in args.seeds:
             random_init(s, args)
-        jobs = [(m, s) for s in args.seeds for m in args.methods]
+        jobs = [(m, s) for s in args.seeds for m in args.methods if m not in args.late]
+        jobs += [(m, s) for s in args.seeds for m in args.methods if m in args.late]
         with ThreadPoolExecutor(max_workers=args.jobs) as ex:
             for f in [ex.submit(_train_and_probe, m, s, args) for m, s in jobs]:
                 try:
