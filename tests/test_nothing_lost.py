@@ -188,3 +188,60 @@ def test_a_real_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, fm_root
     rows_a = [{k: v for k, v in r.items() if k not in strip} for r in _rows(tmp_path / "full")]
     rows_b = [{k: v for k, v in r.items() if k not in strip} for r in _rows(cut)]
     assert rows_a == rows_b
+
+
+def test_a_kill_between_the_checkpoint_renames_keeps_the_newest_checkpoint(tmp_path, fm_root):
+    """last.pt moved to prev.pt, the complete new checkpoint still under its temp name: the next start puts
+    it in place instead of deleting it as a partial write."""
+    import os
+
+    from samix.engine.trainer import train
+
+    out = tmp_path / "run"
+    train(_cfg(out, fm_root, "epochs=2"))
+    ck = out / "checkpoints"
+    os.replace(ck / "last.pt", ck / ".last.pt.next.tmp")  # as if killed between the two renames
+    summary = train(_cfg(out, fm_root, "epochs=3", "resume=true"))
+    assert summary["epochs"] == 3 and [r["epoch"] for r in _rows(out)] == [1, 2, 3]
+
+
+def test_ssl_rows_without_evaluation_log_the_ssl_metrics_as_null(tmp_path):
+    fm = make_fashion_mnist(tmp_path / "data", n_train=80, n_test=40)
+    from samix.engine.trainer import train
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs/fashion_mnist/mocov2.yaml",
+                      ["model.name=convnet", "model.width=0.25", "batch_size=20", "epochs=3", "threads=1",
+                       "log_interval=1000", "data.train_subset=null", "algorithm.queue_size=40", "eval_interval=2",
+                       "eval.median_last=1", f"data.root={fm}", f"out_dir={tmp_path / 'run'}"])
+    train(cfg)
+    rows = _rows(tmp_path / "run")
+    assert rows[0]["knn_top1"] is None and "top1" not in rows[0]  # epoch 1: not evaluated
+    assert rows[1]["knn_top1"] is not None and rows[2]["knn_top1"] is not None
+
+
+def test_eval_and_show_of_a_self_supervised_run(tmp_path, capsys):
+    from samix.cli import main
+    from samix.engine.evaluate_run import evaluate_run, show_run
+    from samix.engine.trainer import train
+
+    fm = make_fashion_mnist(tmp_path / "data", n_train=80, n_test=40)
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    train(load_config(repo / "configs/fashion_mnist/mocov2.yaml",
+                      ["model.name=convnet", "model.width=0.25", "batch_size=20", "epochs=1", "threads=1",
+                       "log_interval=1000", "data.train_subset=null", "algorithm.queue_size=40",
+                       "eval.median_last=1", f"data.root={fm}", f"out_dir={out}"]))
+    res = evaluate_run(out)  # the run's own evaluation: kNN, not the frozen random classifier
+    assert "knn_top1" in res and "top1" not in res and "reliability_png" not in res
+    assert main(["eval", str(out), "--corruptions"]) == 2
+    assert "trains none" in capsys.readouterr().err
+    assert Path(show_run(out, out=str(tmp_path / "grid.png"))).is_file()  # no masks: the mixing grid
+    with pytest.raises(ValueError, match="learns no masks"):
+        from samix.engine.evaluate_run import compare_masks
+
+        compare_masks([out], str(tmp_path / "m.png"))
+    bare = tmp_path / "state.pth"
+    torch.save({"weight": torch.ones(2)}, bare)
+    assert main(["eval", str(out), "--checkpoint", str(bare)]) == 2
+    assert "not a checkpoint written by samix train" in capsys.readouterr().err

@@ -103,6 +103,9 @@ class Algorithm(nn.Module):
     DEFAULTS: Dict[str, Any] = {}
     #: the registry name (set by :func:`register_algorithm`).
     algorithm_name: str = "algorithm"
+    #: the per-epoch metrics :meth:`evaluate` reports (``loss`` is logged as ``test_loss``); epochs without
+    #: evaluation log them as null
+    EVAL_KEYS: tuple = ("top1", "top5", "test_loss")
 
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, loss_fn=None,
                  generator: Optional[torch.Generator] = None, **options: Any) -> None:

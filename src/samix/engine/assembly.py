@@ -112,7 +112,9 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
                               num_workers=int(cfg.num_workers), pin_memory=torch.cuda.is_available(),
                               persistent_workers=False, generator=torch.Generator())
     eval_bs = max(local_bs, 100)
-    test_loader = DataLoader(test_set, batch_size=eval_bs, shuffle=False,
+    # evaluation loaders carry their own generator: their workers' seeds never come from the global RNG
+    # (a resumed process would otherwise draw once more from it at its first evaluation)
+    test_loader = DataLoader(test_set, batch_size=eval_bs, shuffle=False, generator=torch.Generator(),
                              sampler=ShardSampler(len(test_set), rank, world), **common)
     cache: dict = {}
 
@@ -121,11 +123,13 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
         transform."""
         if "loader" not in cache:
             ds = TransformedDataset(labeled_train_set(cfg), test_tf)
-            cache["loader"] = DataLoader(ds, batch_size=eval_bs, shuffle=False,
+            cache["loader"] = DataLoader(ds, batch_size=eval_bs, shuffle=False, generator=torch.Generator(),
                                          sampler=ShardSampler(len(ds), rank, world),
                                          num_workers=int(cfg.num_workers))
         return cache["loader"]
 
+    if cfg.data.get("probe_split") or cfg.data.get("probe_subset"):
+        labeled_train_set(cfg)  # a wrong split name or size fails now, not at the first evaluation
     return RunData(info, train_loader, test_loader, sampler, memory_loader)
 
 

@@ -67,6 +67,35 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     return ck
 
 
+TRAINING_KEYS = ("algorithm", "optimizer", "scaler", "epoch", "rng")
+
+
+def load_training_checkpoint(path: Path, map_location="cpu", keys=("algorithm",)) -> Dict[str, Any]:
+    """:func:`load_checkpoint` of a checkpoint written by ``samix train`` (a sentence naming the file when
+    it lacks ``keys``, e.g. a bare state dict)."""
+    ck = load_checkpoint(path, map_location=map_location)
+    missing = sorted(set(keys) - set(ck))
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint written by samix train (it has no {missing}); give "
+                              f"RUN/checkpoints/last.pt or prev.pt")
+    return ck
+
+
+def recover_interrupted_save(path: Path) -> bool:
+    """After a kill between the two renames of :func:`save_checkpoint`, ``path`` is missing while its complete
+    successor ``.NAME.next.tmp`` is still there: put it in place (if it loads) and return True."""
+    path = Path(path)
+    nxt = path.with_name(f".{path.name}.next.tmp")
+    if path.exists() or not nxt.is_file():
+        return False
+    try:
+        load_checkpoint(nxt)
+    except (CheckpointError, FileNotFoundError):
+        return False
+    os.replace(nxt, path)
+    return True
+
+
 def save_checkpoint(ck: Dict[str, Any], path: Path) -> None:
     """Write ``ck`` atomically to ``path``, keeping the checkpoint it replaces as ``prev.pt`` beside it.
 

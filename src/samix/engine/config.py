@@ -80,7 +80,7 @@ OPEN_SECTIONS = ("mixer", "algorithm", "model.kwargs", "loss.kwargs")
 #: what ``resume=true`` may change (logging, evaluation, length, outputs, where it runs); anything else
 #: would silently continue another experiment
 RESUMABLE = ("epochs", "resume", "name", "out_dir", "log_interval", "eval_interval", "threads", "num_workers",
-             "device", "viz", "eval", "dist.backend")
+             "device", "viz", "eval", "dist.backend", "data.probe_split", "data.probe_subset")
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),

@@ -9,16 +9,16 @@ from typing import Any, Dict, Optional
 import torch
 
 from samix._io import atomic_write_text
-from samix.algorithms.base import TransformedDataset, algorithms_learning_masks
+from samix.algorithms.base import EvalContext, TransformedDataset, algorithms_learning_masks, split_batch
 from samix.data import build_dataset, build_transform, dataset_info, stratified_subset
-from samix.evaluate import corruption_accuracy, evaluate_classifier, reliability_diagram
+from samix.evaluate import corruption_accuracy, reliability_diagram
 from samix.evaluate.knn import knn_evaluate
 from samix.evaluate.linear_probe import MODES, LinearProbeConfig, train_linear_probe
 from samix.models.base import Backbone
 from samix.models.export import export_backbone, export_key_map
 
 from .assembly import _transforms, build_algorithm_from_config, build_data, labeled_train_set, seed_everything
-from .checkpoint import load_checkpoint
+from .checkpoint import load_training_checkpoint
 from .config import load_config
 from .rundir import MASK_LAMS, RunDir
 
@@ -37,7 +37,7 @@ def _load_run_full(run_dir: str | Path, checkpoint: Optional[str] = None, device
     data = build_data(cfg, 0, 1)
     dev = torch.device(device)
     algo = build_algorithm_from_config(cfg, data.info, dev, torch.Generator().manual_seed(0))
-    ck = load_checkpoint(ck_path, map_location=dev)
+    ck = load_training_checkpoint(ck_path, map_location=dev)
     algo.load_state_dict(ck["algorithm"])
     algo.eval()
     return cfg, data, algo, int(ck.get("epoch", 0))
@@ -51,14 +51,23 @@ def load_run(run_dir: str | Path, checkpoint: Optional[str] = None, device: str 
 
 def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subset: Optional[int] = None,
                  checkpoint: Optional[str] = None) -> Dict[str, Any]:
+    """The run's own evaluation (:meth:`~samix.algorithms.Algorithm.evaluate`: top-1/top-5/ECE and the
+    reliability diagram for classifiers, kNN for self-supervised runs), and corruption robustness for
+    classifiers; writes ``RUN/eval.json``."""
     run_dir = Path(run_dir)
-    cfg, info, algo, test_loader = load_run(run_dir, checkpoint)
+    cfg, data, algo, _ = _load_run_full(run_dir, checkpoint)
+    info = data.info
     model = algo.eval_model()
-    ev = evaluate_classifier(model, test_loader, torch.device("cpu"), num_classes=info.num_classes,
-                             return_logits=True, n_bins=int(cfg.eval.ece_bins))
-    res: Dict[str, Any] = {"top1": ev["top1"], "top5": ev["top5"], "loss": ev.get("loss"), "ece": ev["ece"]}
-    res["reliability_png"] = str(reliability_diagram(run_dir / "reliability.png", ev["logits"], ev["labels"],
-                                                     n_bins=int(cfg.eval.ece_bins), title=f"{cfg.name}"))
+    ev = algo.evaluate(EvalContext(data.test_loader, torch.device("cpu"), info.num_classes,
+                                   n_bins=int(cfg.eval.ece_bins), return_logits=True,
+                                   memory_loader=data.memory_loader))
+    res: Dict[str, Any] = {k: v for k, v in ev.items() if k not in ("logits", "labels", "n")}
+    if "logits" in ev:
+        res["reliability_png"] = str(reliability_diagram(run_dir / "reliability.png", ev["logits"], ev["labels"],
+                                                         n_bins=int(cfg.eval.ece_bins), title=f"{cfg.name}"))
+    if corruptions and "top1" not in ev:
+        raise ValueError(f"{run_dir}: corruption robustness measures a classifier's top-1, and algorithm "
+                         f"{cfg.algorithm.name!r} trains none; use samix eval RUN --linear or --knn")
     if corruptions:
         from torchvision.transforms import v2
 
@@ -81,7 +90,7 @@ def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
     """Learned masks and mixed samples of a run (algorithms that learn masks) on a fixed test batch; the
     mixing grid of the static policies otherwise."""
     cfg, info, algo, test_loader = load_run(run_dir)
-    images = algo.images_of(next(iter(test_loader)))[: int(cfg.viz.pairs) * 2]
+    images = split_batch(next(iter(test_loader)))[0][: int(cfg.viz.pairs) * 2]  # test batches: one view
     rd = RunDir(Path(out).parent if out else Path(run_dir))
     path = rd.save_masks(algo, images, int(cfg.epochs), title=f"{cfg.algorithm.name}: learned masks, "
                                                              f"epoch {int(cfg.epochs)}")
@@ -109,7 +118,7 @@ def compare_masks(run_dirs, out: str, pairs: int = 4, lams=MASK_LAMS):
         cfg, _, algo, test_loader = load_run(d)
         if dataset is None:
             dataset = cfg.data.name
-            images = algo.images_of(next(iter(test_loader)))[: 2 * pairs]
+            images = split_batch(next(iter(test_loader)))[0][: 2 * pairs]
         elif cfg.data.name != dataset:
             raise ValueError(f"{d}: data.name={cfg.data.name!r}, but the first run used {dataset!r}: "
                              "masks can be compared only on the same pairs")
@@ -310,7 +319,7 @@ def export_backbone_run(run_dir: str | Path, out_path: str | Path, checkpoint: O
         cfg, data, algo, epoch = _load_run_full(run_dir, str(ck_path))
         info = data.info
     else:
-        ck = load_checkpoint(ck_path, map_location="cpu")
+        ck = load_training_checkpoint(ck_path, map_location="cpu")
         algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
         algo.load_state_dict(ck["algorithm"])
         algo.eval()

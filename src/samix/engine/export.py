@@ -15,7 +15,7 @@ from samix.data import dataset_info
 from samix.pretrained import MixerMetadata, PathLike, save_pretrained_mixer
 
 from .assembly import build_algorithm_from_config
-from .checkpoint import load_checkpoint
+from .checkpoint import load_training_checkpoint
 from .config import load_config
 from .evaluate_run import load_run
 
@@ -40,7 +40,7 @@ def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[Pat
     cfg = load_config(cfg_path)
     cfg.out_dir = str(run)
     cfg.model.pretrained = None  # the checkpoint holds the weights
-    ck = load_checkpoint(ck_path, map_location="cpu")
+    ck = load_training_checkpoint(ck_path, map_location="cpu")
     info = dataset_info(cfg.data.name)
     if info.num_classes is None:  # a generic image folder: the class count lives in the data
         cfg, info, algo, _ = load_run(run, checkpoint=str(ck_path))

@@ -23,11 +23,19 @@ from samix.evaluate import median_last
 
 from . import distributed as D
 from .assembly import build_algorithm_from_config, build_data, run_generator, seed_everything, seed_train_workers
-from .checkpoint import load_checkpoint, resume_path, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    TRAINING_KEYS,
+    load_training_checkpoint,
+    recover_interrupted_save,
+    resume_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, resume_drift, save_config
 from .loop import DivergenceError, Progress, Stepper, amp_dtype_of, train_one_epoch
 from .optim import build_optimizer
-from .rundir import RunDir, RunLock, log, remove_partial_writes, setup_logging
+from .rundir import RunDir, RunLock, RunLockedError, log, remove_partial_writes, setup_logging
 
 #: per-epoch accuracy metrics an algorithm may report; each gets _last/_best/_median_last10 in the summary
 SUMMARY_METRICS = ("top1", "knn_top1")
@@ -41,8 +49,18 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     lock = None
     try:
         check_out_dir(Path(cfg.out_dir))
+        problem = None
         if di.is_main:  # one run owns its directory (released when this process ends, however it ends)
-            lock = RunLock(Path(cfg.out_dir)).acquire()
+            try:
+                lock = RunLock(Path(cfg.out_dir)).acquire()
+            except RunLockedError as e:
+                problem = str(e)
+        if di.distributed:  # every rank learns the outcome (no rank left waiting in a collective)
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise RunLockedError(problem)
         return _train(cfg, di)
     finally:
         if lock is not None:
@@ -79,6 +97,8 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
             f"or choose another out_dir=... ; nothing was overwritten."
         )
     if di.is_main:
+        if recover_interrupted_save(run.checkpoint):
+            log.info(f"put the complete checkpoint of an interrupted save in place: {run.checkpoint}")
         for p in remove_partial_writes(run.path):
             log.info(f"removed {p} (left by an interrupted write)")
     if cfg.threads:
@@ -112,11 +132,7 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
     # ---- resume
     start_epoch, rows = 0, []
     if cfg.resume and resume_path(run.checkpoint).exists():
-        ck = load_checkpoint(resume_path(run.checkpoint), map_location=device)
-        missing = sorted({"algorithm", "optimizer", "scaler", "epoch", "rng"} - set(ck))
-        if missing:
-            raise ValueError(f"{resume_path(run.checkpoint)} is not a samix training checkpoint (no {missing}); "
-                             f"choose another out_dir=... to start a new run")
+        ck = load_training_checkpoint(resume_path(run.checkpoint), map_location=device, keys=TRAINING_KEYS)
         drift = resume_drift(ck.get("config", {}), cfg)
         if drift:
             raise ConfigError("resume=true continues the run as it was trained; these keys differ from its "
@@ -153,7 +169,7 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
         if "images" not in vis:
             vis["images"] = algo.images_of(batch)[: int(cfg.viz.pairs) * 2].detach().clone()
 
-    eval_keys: List[str] = ["top1", "top5", "test_loss"]
+    eval_keys: List[str] = list(algo.EVAL_KEYS)
     for epoch in range(start_epoch, int(cfg.epochs)):
         data.sampler.set_epoch(epoch)
         seed_train_workers(data.train_loader, int(cfg.seed), epoch, di.rank)

@@ -64,6 +64,7 @@ class SSLAlgorithm(Algorithm):
     ``knn_k`` (200) and ``knn_t`` (0.1) of the kNN monitor."""
 
     DEFAULTS: Dict[str, Any] = {"knn_k": 200, "knn_t": 0.1}
+    EVAL_KEYS = ("knn_top1", "knn_top5", "test_loss")
 
     @classmethod
     def wrap_dataset(cls, dataset, transform, options):

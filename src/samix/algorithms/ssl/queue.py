@@ -17,8 +17,9 @@ def all_gather_rows(x: Tensor) -> Tensor:
     """The rows of ``x`` from every process, in rank order (``x`` itself on one process). No gradient."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
+    x = x.contiguous()  # send and receive in one layout (NCCL copies raw bytes into the outputs' strides)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
+    dist.all_gather(parts, x)
     return torch.cat(parts, dim=0)
 
 
