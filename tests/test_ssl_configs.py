@@ -35,6 +35,15 @@ for _m in T6_METHODS:
     for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
         EXPECTED[f"ssl_imagenet/{_stem(_m)}_{_bb}.yaml"] = ("imagenet", _m, _model, _ep)
 
+# SAMix-I rows (issue 17): the same protocol with algorithm samix_i
+for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
+    for _ep in (400, 800):
+        EXPECTED[f"stl10/samix_i_{_bb}_ep{_ep}.yaml"] = ("stl10", "samix_i", _model, _ep)
+for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+    EXPECTED[f"ssl_tiny_imagenet/samix_i_{_bb}.yaml"] = ("tiny_imagenet", "samix_i", _model, 400)
+for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
+    EXPECTED[f"ssl_imagenet/samix_i_{_bb}.yaml"] = ("imagenet", "samix_i", _model, _ep)
+
 QUEUE = {"stl10": 16384, "tiny_imagenet": 16384, "imagenet": 65536}
 SIZE = {"stl10": 96, "tiny_imagenet": 96, "imagenet": 224}
 FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
@@ -43,7 +52,7 @@ FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
 def test_the_rows_are_exactly_the_cells_of_tables_5_and_6():
     found = {f"{d}/{p.name}" for d in FOLDERS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_")}
     assert found == set(EXPECTED), (sorted(found - set(EXPECTED)), sorted(set(EXPECTED) - found))
-    assert len(EXPECTED) == 28 + 16
+    assert len(EXPECTED) == 28 + 16 + 8
     for d in FOLDERS:
         assert (CONFIGS / d / "_base.yaml").is_file()
 
@@ -54,7 +63,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     cfg = load_config(CONFIGS / rel)
     a, o = cfg.algorithm, cfg.optim
     assert (cfg.data.name, cfg.model.name, cfg.epochs) == (dataset, model, epochs)
-    assert a.name == "moco" and a.queue_size == QUEUE[dataset]
+    assert a.name == ("samix_i" if method == "samix_i" else "moco") and a.queue_size == QUEUE[dataset]
     assert (a.temperature, a.momentum, a.dim, a.hidden_dim, a.mlp, a.cross_view) == (0.2, 0.999, 128, 2048, True, True)
     assert a.get("momentum_end") is None and a.get("knn_k", 200) == 200 and a.get("knn_t", 0.1) == 0.1
     assert (o.name, o.lr, o.momentum, o.weight_decay, cfg.batch_size) == ("sgd", 0.03, 0.9, 1e-4, 256)
@@ -67,7 +76,10 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
         assert dataset_info("stl10").test_split == "test"
     else:
         assert cfg.data.train_split is None
-    if method == "vanilla":
+    if method == "samix_i":
+        assert cfg.mixer.name == "none" and (a.alpha, a.stage) == (2.0, 3)
+        assert a.eta == (0.1 if dataset == "imagenet" else 0.5)
+    elif method == "vanilla":
         assert cfg.mixer.name == "none"
     else:
         assert (cfg.mixer.name, cfg.mixer.alpha, cfg.mixer.prob) == (method, 1.0, 1.0)
@@ -75,6 +87,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     # the header names the table, the cell and the published number
     head = (CONFIGS / rel).read_text().splitlines()[0]
     assert ("Table 5" if dataset == "stl10" else "Table 6") in head and "published linear top-1" in head
+    assert ("SAMix-I" in head) == (method == "samix_i")
     assert cfg.name == {"stl10": "stl10", "tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset] + "_" + \
         Path(rel).stem
 
@@ -91,3 +104,12 @@ def test_an_stl10_r18_row_builds_and_gives_a_finite_loss():
     batch = ((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long))
     out = algo(batch)
     assert torch.isfinite(out["loss"]) and "loss_mix" in out
+
+
+def test_an_stl10_samix_i_row_builds_and_gives_a_finite_loss():
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "stl10/samix_i_r18_ep400.yaml", ["algorithm.queue_size=8", "channels_last=false"])
+    algo = build_algorithm_from_config(cfg, dataset_info("stl10"), torch.device("cpu"), torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 96, 96)
+    out = algo(((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long)))
+    assert torch.isfinite(out["loss"]) and algo.mask_generator() is not None
