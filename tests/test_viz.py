@@ -321,3 +321,26 @@ def test_save_mask_grid_png_layout(tmp_path):
 def test_save_mask_grid_bad_input(tmp_path, images, masks, lams, match):
     with pytest.raises(ValueError, match=match):
         viz.save_mask_grid(tmp_path / "x.png", images, masks, lams)
+
+
+def test_curves_join_the_epochs_that_have_a_value(tmp_path, monkeypatch):
+    """A metric evaluated every 10 epochs (NaN in between) is drawn through its values, not as isolated NaN-
+    separated segments that matplotlib would not show."""
+    import matplotlib.axes
+    import numpy as np
+
+    from samix.viz import plot_curves
+
+    seen = []
+    orig = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *a, **k):
+        seen.append((np.asarray(x), np.asarray(y)))
+        return orig(self, x, y, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    vals = [float("nan")] * 30
+    vals[9], vals[19], vals[29] = 50.0, 60.0, 70.0
+    plot_curves(tmp_path / "c.png", {"knn": vals}, x=list(range(1, 31)))
+    x, y = seen[0]
+    assert x.tolist() == [10, 20, 30] and y.tolist() == [50.0, 60.0, 70.0]

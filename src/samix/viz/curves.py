@@ -20,7 +20,9 @@ def plot_curves(path: PathLike, series: Mapping[str, Sequence[float]], xlabel: s
     """Line plot of several named series (e.g. ``{"train_loss": [...], "val_loss": [...]}``).
 
     The x values are ``x`` when given (shared by all series, as long as the longest),
-    else ``1, 2, ...`` (epochs); series may differ in length and hold NaN (gaps).
+    else ``1, 2, ...`` (epochs); series may differ in length and hold NaN for epochs without a value (a
+    metric evaluated every few epochs): those are skipped and the finite points joined, with markers when
+    there are few.
     Returns the path of the PNG.
     """
     path = _check_path(path)
@@ -45,7 +47,8 @@ def plot_curves(path: PathLike, series: Mapping[str, Sequence[float]], xlabel: s
     fig = _new_figure(6.0, 4.0, dpi)
     ax = fig.subplots()
     for name, arr in data.items():
-        ax.plot(xs[:arr.size], arr, label=name, marker="o" if arr.size <= 20 else None, markersize=3)
+        keep = np.isfinite(arr)
+        ax.plot(xs[:arr.size][keep], arr[keep], label=name, marker="o" if keep.sum() <= 30 else None, markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
