@@ -41,7 +41,7 @@ class PretrainedMixer(nn.Module):
 
     Attributes:
         encoder: the pruned backbone (stem + stages ``1..stage``), frozen.
-        generator: the :class:`~samix.generators.Mixer` or :class:`~samix.generators.MixBlock`, frozen.
+        generator: the :class:`~samix.generators.SAMixGenerator` or :class:`~samix.generators.MixBlock`, frozen.
         meta: the file's :class:`MixerMetadata`; ``path``: the file.
     """
 
