@@ -77,6 +77,7 @@ from samix.mixing.base import gather_batch, mask_mix
 
 from . import early_backward
 from .base import Algorithm, register_algorithm, split_batch
+from .masks import generator_masks
 from .momentum import MomentumUpdater
 
 MASK_LOSSES = ("none", "l1", "l2")
@@ -341,31 +342,7 @@ class AutoMix(Algorithm):
         shown is the generator's own output before lambda adjusting (``mask_raw``), so a figure
         reveals masks that ignore ``lam`` even when SAMix's adjusting would rescale them.
         """
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 2:
-            raise ValueError(f"images must be a [B >= 2, C, H, W] tensor, got "
-                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-        lam_list = [float(v) for v in lams]
-        if not lam_list or any(not 0.0 <= v <= 1.0 for v in lam_list):
-            raise ValueError(f"lams must be a non-empty sequence of numbers in [0, 1], got {list(lams)!r}")
-        n = images.shape[0] // 2 * 2
-        x = images[:n]
-        index = torch.arange(n, device=x.device).view(-1, 2).flip(1).reshape(-1)
-        teacher = self._teacher()
-        was = teacher.training, self.mix_block.training
-        teacher.eval()
-        self.mix_block.eval()
-        try:
-            z = teacher.features(x, int(self.options["stage"]))
-            # all lambdas in one batched call: copy l pairs sample i with l * n + index[i]
-            k = len(lam_list)
-            lam = torch.tensor(lam_list, device=x.device).repeat_interleave(n)
-            idx = (index.unsqueeze(0) + n * torch.arange(k, device=x.device).unsqueeze(1)).reshape(-1)
-            g = self.mix_block(z.repeat(k, 1, 1, 1), lam, idx, out_size=tuple(x.shape[-2:]))
-            masks = g.mask_raw.float().view(k, n, 1, *x.shape[-2:])[:, 0::2]
-        finally:
-            teacher.train(was[0])
-            self.mix_block.train(was[1])
-        return masks
+        return generator_masks(self._teacher(), self.mix_block, int(self.options["stage"]), images, lams)
 
 
 class _Half:

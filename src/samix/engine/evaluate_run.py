@@ -23,15 +23,41 @@ from .config import load_config
 from .rundir import MASK_LAMS, RunDir
 
 
-def _load_run_full(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
-    """``(cfg, data, algo, epoch)``: :func:`load_run` plus the whole :class:`RunData` and the checkpoint's epoch."""
-    run_dir = Path(run_dir)
+def run_paths(run_dir: Path, checkpoint: Optional[str] = None):
+    """``(config.yaml, checkpoint)`` of a run directory; a sentence naming what is missing otherwise."""
+    run_dir = Path(run_dir).expanduser()
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
     ck_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt"
     if not ck_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
+    return cfg_path, ck_path
+
+
+def load_run_without_data(run_dir: str | Path, checkpoint: Optional[str] = None):
+    """``(cfg, info, algo, checkpoint)`` of a run, rebuilt from its config and checkpoint without reading the
+    dataset's files (exports), except for a generic image folder, whose class count lives in the data."""
+    run_dir = Path(run_dir).expanduser()
+    cfg_path, ck_path = run_paths(run_dir, checkpoint)
+    cfg = load_config(cfg_path)
+    cfg.out_dir = str(run_dir)
+    cfg.model.pretrained = None  # the checkpoint holds the weights
+    ck = load_training_checkpoint(ck_path, map_location="cpu")
+    info = dataset_info(cfg.data.name)
+    if info.num_classes is None:
+        cfg, data, algo, _ = _load_run_full(run_dir, str(ck_path))
+        return cfg, data.info, algo, ck
+    algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
+    algo.load_state_dict(ck["algorithm"])
+    algo.eval()
+    return cfg, info, algo, ck
+
+
+def _load_run_full(run_dir: str | Path, checkpoint: Optional[str] = None, device: str = "cpu"):
+    """``(cfg, data, algo, epoch)``: :func:`load_run` plus the whole :class:`RunData` and the checkpoint's epoch."""
+    run_dir = Path(run_dir)
+    cfg_path, ck_path = run_paths(run_dir, checkpoint)
     cfg = load_config(cfg_path)
     cfg.out_dir = str(run_dir)
     data = build_data(cfg, 0, 1)
@@ -305,25 +331,8 @@ def export_backbone_run(run_dir: str | Path, out_path: str | Path, checkpoint: O
     if out.is_dir():
         raise ValueError(f"output path {out} is an existing directory; give a file name such as "
                          f"{out / 'backbone.safetensors'}")
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
-    ck_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.pt"
-    if not ck_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
-    cfg = load_config(cfg_path)
-    cfg.out_dir = str(run_dir)
-    cfg.model.pretrained = None  # the checkpoint holds the weights
-    info = dataset_info(cfg.data.name)
-    if info.num_classes is None:
-        cfg, data, algo, epoch = _load_run_full(run_dir, str(ck_path))
-        info = data.info
-    else:
-        ck = load_training_checkpoint(ck_path, map_location="cpu")
-        algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
-        algo.load_state_dict(ck["algorithm"])
-        algo.eval()
-        epoch = int(ck.get("epoch", 0))
+    cfg, info, algo, ck = load_run_without_data(run_dir, checkpoint)
+    epoch = int(ck.get("epoch", 0))
     model = _backbone_of(run_dir, cfg, algo, "export-backbone")
     meta = {"model": str(cfg.model.name), "width": float(cfg.model.width),
             "in_chans": int(cfg.model.in_chans or info.in_chans), "run": run_dir.resolve().name,

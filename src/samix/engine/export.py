@@ -7,17 +7,12 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
 from omegaconf import OmegaConf
 
 from samix.algorithms.base import algorithms_learning_masks
-from samix.data import dataset_info
 from samix.pretrained import MixerMetadata, PathLike, save_pretrained_mixer
 
-from .assembly import build_algorithm_from_config
-from .checkpoint import load_training_checkpoint
-from .config import load_config
-from .evaluate_run import load_run
+from .evaluate_run import load_run_without_data
 
 
 def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[PathLike] = None) -> MixerMetadata:
@@ -31,23 +26,7 @@ def export_mixer(run_dir: PathLike, out_path: PathLike, checkpoint: Optional[Pat
     if Path(os.fspath(out_path)).expanduser().is_dir():
         raise ValueError(f"the output {out_path} is a directory: give a file name, e.g. {Path(out_path) / 'mixer.safetensors'}")
     run = Path(os.fspath(run_dir)).expanduser()
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run} is not a run directory: {cfg_path} is missing")
-    ck_path = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pt"
-    if not ck_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ck_path} (has the run finished an epoch?)")
-    cfg = load_config(cfg_path)
-    cfg.out_dir = str(run)
-    cfg.model.pretrained = None  # the checkpoint holds the weights
-    ck = load_training_checkpoint(ck_path, map_location="cpu")
-    info = dataset_info(cfg.data.name)
-    if info.num_classes is None:  # a generic image folder: the class count lives in the data
-        cfg, info, algo, _ = load_run(run, checkpoint=str(ck_path))
-    else:
-        algo = build_algorithm_from_config(cfg, info, torch.device("cpu"), torch.Generator().manual_seed(0))
-        algo.load_state_dict(ck["algorithm"])
-    algo.eval()
+    cfg, info, algo, ck = load_run_without_data(run, checkpoint)
     found = algo.mask_generator()
     if found is None:
         raise ValueError(f"run {run} (algorithm.name={cfg.algorithm.name!r}) has no learned Mixer or Mix Block; "

@@ -86,6 +86,7 @@ from samix.mixing.base import gather_batch, mask_mix
 
 from .. import early_backward
 from ..base import register_algorithm
+from ..masks import generator_masks
 from .base import derangement, two_views
 from .moco import MoCo
 
@@ -305,27 +306,4 @@ class SAMixI(MoCo):
         """Raw Mixer masks ``[L, P, 1, H, W]`` (float32) for the pairs ``(images[2p], images[2p + 1])`` at
         each ``lam``: the weight of ``images[2p]``. The momentum backbone and the Mixer run in eval mode;
         the mask is the Mixer's output before lambda adjusting (``mask_raw``)."""
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[0] < 2:
-            raise ValueError(f"images must be a [B >= 2, C, H, W] tensor, got "
-                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-        lam_list = [float(v) for v in lams]
-        if not lam_list or any(not 0.0 <= v <= 1.0 for v in lam_list):
-            raise ValueError(f"lams must be a non-empty sequence of numbers in [0, 1], got {list(lams)!r}")
-        n = images.shape[0] // 2 * 2
-        x = images[:n]
-        index = torch.arange(n, device=x.device).view(-1, 2).flip(1).reshape(-1)
-        backbone = self.momentum_backbone
-        was = backbone.training, self.mix_block.training
-        backbone.eval()
-        self.mix_block.eval()
-        try:
-            z = backbone.features(x, int(self.options["stage"]))
-            k = len(lam_list)
-            lam = torch.tensor(lam_list, device=x.device).repeat_interleave(n)
-            idx = (index.unsqueeze(0) + n * torch.arange(k, device=x.device).unsqueeze(1)).reshape(-1)
-            g = self.mix_block(z.repeat(k, 1, 1, 1), lam, idx, out_size=tuple(x.shape[-2:]))
-            masks = g.mask_raw.float().view(k, n, 1, *x.shape[-2:])[:, 0::2]
-        finally:
-            backbone.train(was[0])
-            self.mix_block.train(was[1])
-        return masks
+        return generator_masks(self.momentum_backbone, self.mix_block, int(self.options["stage"]), images, lams)
