@@ -34,3 +34,21 @@ def make_fashion_mnist(root: Path, n_train: int = 200, n_test: int = 100, seed: 
         write_idx(raw / f"{split}-images-idx3-ubyte", images)
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
     return Path(root)
+
+
+def train_killed_in_epoch(monkeypatch, trainer, cfg, epoch: int) -> None:
+    """Run ``trainer.train(cfg)`` and simulate a kill at the second iteration of ``epoch`` (1-based), after the
+    checkpoint of the epoch before; the progress hook is restored afterwards."""
+    import pytest
+
+    orig = trainer.Progress.update
+
+    def crash(self, i, loss_fn):
+        if self.desc.startswith(f"epoch {epoch}/") and i == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return orig(self, i, loss_fn)
+
+    monkeypatch.setattr(trainer.Progress, "update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg)
+    monkeypatch.setattr(trainer.Progress, "update", orig)

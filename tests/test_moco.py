@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_utils import make_fashion_mnist
+from engine_utils import make_fashion_mnist, train_killed_in_epoch
 from samix.algorithms import build_algorithm
 from samix.algorithms.ssl.base import derangement
 from samix.algorithms.ssl.queue import NegativeQueue
@@ -245,17 +245,7 @@ def test_moco_mixup_run_writes_knn_metrics_and_resumes_exactly(tmp_path, fm_root
     rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["knn_top1"] is not None and "loss_mix" in r for r in rows)
 
-    orig = trainer.Progress.update
-
-    def crash(self, i, loss_fn):
-        if self.desc.startswith("epoch 3/") and i == 1:
-            raise KeyboardInterrupt("simulated kill")
-        return orig(self, i, loss_fn)
-
-    monkeypatch.setattr(trainer.Progress, "update", crash)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(cfg("cut"))
-    monkeypatch.setattr(trainer.Progress, "update", orig)
+    train_killed_in_epoch(monkeypatch, trainer, cfg("cut"), 3)
     resumed = trainer.train(cfg("cut", "resume=true"))
     wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     assert wa.keys() == wb.keys() and any(k.startswith("queue.") for k in wa)

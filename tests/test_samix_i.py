@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import samix.algorithms.ssl.samix_i as samix_i_mod
-from engine_utils import make_fashion_mnist
+from engine_utils import make_fashion_mnist, train_killed_in_epoch
 from samix.algorithms import build_algorithm
 from samix.algorithms.ssl.samix_i import eta_balanced_instance_loss
 from samix.engine import checkpoint as ckpt_mod
@@ -286,17 +286,7 @@ def test_cpu_recipe_runs_draws_masks_exports_the_mixer_and_resumes_exactly(tmp_p
     assert main(["export-mixer", str(tmp_path / "full"), str(tmp_path / "mixer.safetensors")]) == 0
     assert (tmp_path / "mixer.safetensors").stat().st_size > 0
 
-    orig = trainer.Progress.update
-
-    def crash(self, i, loss_fn):
-        if self.desc.startswith("epoch 3/") and i == 1:
-            raise KeyboardInterrupt("simulated kill")
-        return orig(self, i, loss_fn)
-
-    monkeypatch.setattr(trainer.Progress, "update", crash)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(cfg("cut"))
-    monkeypatch.setattr(trainer.Progress, "update", orig)
+    train_killed_in_epoch(monkeypatch, trainer, cfg("cut"), 3)
     resumed = trainer.train(cfg("cut", "resume=true"))
     wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     assert wa.keys() == wb.keys() and any(k.startswith("mix_block.") for k in wa)
