@@ -335,11 +335,12 @@ def _toy_batch(g, b=16, s=16):
 def test_after_a_few_hundred_steps_the_mask_mean_tracks_lambda_and_depends_on_it():
     """A tiny convnet (stage 2: a 4x4 map) on a 2-class 16x16 task, the full AutoMix step, 300 steps.
 
-    The mask loss is kept on with margin 0 (weight 1, not decayed) and the Mix Block gets Adam at
-    lr 0.1 (the backbone 0.01), so that 300 steps suffice; masks are then read in eval mode.
+    The mask loss is kept on with margin 0 (weight 1, not decayed), hinged per sample (the mechanism
+    that pins every mask's own mean), and the Mix Block gets Adam at lr 0.1 (the backbone 0.01), so
+    that 300 steps suffice; masks are then read in eval mode.
     """
     algo = _algo(classes=2, stage=2, momentum=0.99, mask_margin=0.0, mask_loss_weight=1.0,
-                 mask_loss_weight_end=1.0)
+                 mask_loss_weight_end=1.0, mask_loss_reduction="sample")
     groups = algo.param_groups()
     opt = torch.optim.Adam([{"params": groups[0]["params"], "lr": 0.01},
                             {"params": groups[1]["params"], "lr": 0.1}])

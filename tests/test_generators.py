@@ -93,8 +93,8 @@ def test_no_upsampling_without_out_size():
 def test_nearest_and_bilinear_upsampling():
     torch.manual_seed(0)
     z, lam, index = _inputs(b=3, c=4, h=4, w=4)
-    near = MixBlock(4, upsample="nearest")
-    bil = MixBlock(4, upsample="bilinear")
+    near = MixBlock(4, upsample="nearest", init="default")  # PyTorch's init: a mask far from flat
+    bil = MixBlock(4, upsample="bilinear", init="default")
     bil.load_state_dict(near.state_dict())
     a, b = near(z, lam, index, out_size=16), bil(z, lam, index, out_size=16)
     torch.testing.assert_close(a.mask_small, b.mask_small)
@@ -182,7 +182,7 @@ def test_mixer_switches_build_the_ablation_modules():
 def test_mixblock_mask_depends_on_lam():
     torch.manual_seed(0)
     z, _, index = _inputs(b=4, c=8, h=3, w=3)
-    gen = MixBlock(8)
+    gen = MixBlock(8, init="default")  # the function, not the near-flat reference init
     a = gen(z, torch.full((4,), 0.2), index).mask
     b = gen(z, torch.full((4,), 0.8), index).mask
     assert (a - b).abs().max() > 1e-3
@@ -192,7 +192,7 @@ def test_mixblock_mask_depends_on_lam():
 def test_mixer_mask_depends_on_lam(adaptive):
     torch.manual_seed(0)
     z, _, index = _inputs(b=4, c=8, h=3, w=3)
-    gen = SAMixGenerator(8, adaptive_lambda=adaptive).eval()
+    gen = SAMixGenerator(8, adaptive_lambda=adaptive, init="default").eval()
     masks = lambda: [gen(z, torch.full((4,), v), index, adjust=False).mask for v in (0.2, 0.8)]  # noqa: E731
     a, b = masks()
     if adaptive:
@@ -212,7 +212,7 @@ def test_mixer_mask_depends_on_a_per_batch_lam_in_training_mode(adaptive):
     torch.manual_seed(0)
     z, _, index = _inputs(b=8, c=8, h=3, w=3)
     # the content path alone (the attention path has no BatchNorm)
-    gen = SAMixGenerator(8, attention=False, adaptive_lambda=adaptive, dropout=0.0).train()
+    gen = SAMixGenerator(8, attention=False, adaptive_lambda=adaptive, dropout=0.0, init="default").train()
     with torch.no_grad():
         (gen.gamma_raw if adaptive else gen.content_lam).fill_(1.0)
     a, b = (gen(z, torch.full((8,), v), index, adjust=False).mask_raw for v in (0.2, 0.8))

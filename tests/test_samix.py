@@ -113,9 +113,10 @@ def test_gen_loss_ce_restores_automix_objective_and_smoothing_reaches_the_eta_lo
 
 
 def test_lambda_adjust_uses_each_masks_own_lambda():
-    """Always adjusting (prob 1): the student's mask has mean lam_student and the generator's mask
-    mean lam_generator - not the other's (the reference's pitfall). The mask loss reads the raw mask."""
-    algo = _algo(lam_adjust_prob=1.0, mixup_fallback=0.0)
+    """Always adjusting (prob 1) both halves (``lam_adjust_on="both"``): the student's mask has mean
+    lam_student and the generator's mask mean lam_generator - not the other's (the reference's pitfall).
+    The mask loss reads the raw mask."""
+    algo = _algo(lam_adjust_prob=1.0, mixup_fallback=0.0, lam_adjust_on="both", mask_loss_reduction="sample")
     rec = _capture(algo)
     x, y = _batch()
     b = x.shape[0]

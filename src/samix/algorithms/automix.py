@@ -44,6 +44,25 @@ Documented choices:
   also receive the generation gradient (joint end-to-end training, what the paper compares against).
 - ``mask_loss="l2"`` is the squared hinge ``max(|lam - mu| - eps, 0)^2``
   (:func:`samix.generators.mask_l2_loss`).
+- ``mask_loss_reduction="batch"`` (default, the reference): the hinge is taken on the *batch* means,
+  ``max(|mean_i lam_i - mean_i mu_i| - eps, 0)`` (SAMix's variance term likewise about the batch mean);
+  ``"sample"`` hinges every sample's own mean and averages (a literal reading of Eq. 6 with a
+  per-sample ``mu_i``). The per-sample hinge is much tighter: with one lambda per batch it pins each
+  mask's mean, and at a large weight a constant offset of every mask is its cheapest answer (flat,
+  lambda-coloured masks); the batch hinge leaves each mask free to cover its objects as long as the
+  batch keeps the ratio.
+- ``lam_concat`` (default True, the paper's Eq. 4 and the reference on ImageNet-scale data): whether
+  the Mix Block concatenates lambda. The reference's CIFAR configs leave it out ("no lambda concat for
+  small-scale datasets"), and so do this library's CIFAR, Tiny-ImageNet and Fashion-MNIST configs.
+- ``mix_block_init="reference"`` (default): every generator convolution N(0, 0.01), the reference's
+  init (attention near uniform at the start); ``"default"``: PyTorch's
+  (:func:`samix.generators.init_generator_weights`).
+- Mask diagnostics (:meth:`AutoMix.mask_diagnostics`) are logged with every evaluation:
+  ``mask_mu_err`` (mean ``|mu - lam|`` of the raw masks), ``mask_std`` (the within-mask standard
+  deviation: 0 for a flat, global-mixup mask), ``mask_self_attn`` (the mean weight a position gives
+  itself: ``1/hw`` for uniform attention, 1 for identity) and ``mask_partner_sens`` (the mean absolute
+  change of sample i's mask when its partner is swapped for another: 0 for a mask blind to its
+  partner).
 - The Mix Block may have its own lr / min_lr / weight decay (``mix_block_lr`` ...): a separate
   optimizer parameter group that the engine schedules with its own ``min_lr``.
 - Peak memory (an implementation detail; values and gradients are those of the step above): with
@@ -71,17 +90,18 @@ import torch
 from torch import Tensor, nn
 
 from samix import _checks
-from samix.generators import MixBlock, linear_weight, mask_l1_loss, mask_l2_loss
+from samix.generators import MixBlock, generator_mask_loss, linear_weight
+from samix.generators.mask_losses import MASK_LOSS_REDUCTIONS, MASK_LOSSES
 from samix.losses import build_loss
 from samix.mixing.base import gather_batch, mask_mix
 
 from . import early_backward
 from .base import Algorithm, register_algorithm, split_batch
-from .masks import generator_masks
+from .masks import DIAGNOSTIC_KEYS, DIAGNOSTIC_LAMS, first_test_images, generator_diagnostics, generator_masks
 from .momentum import MomentumUpdater
 
-MASK_LOSSES = ("none", "l1", "l2")
 UPSAMPLE_MODES = ("nearest", "bilinear")
+GENERATOR_INITS = ("reference", "default")
 
 _WHAT = "algorithm option"
 _check_number = partial(_checks.check_number, what=_WHAT, type_error=ValueError)
@@ -106,7 +126,12 @@ class AutoMix(Algorithm):
         mix_block_lr, mix_block_min_lr, mix_block_weight_decay: the Mix Block's own optimizer
             settings (``None``: the engine's).
         mix_block_kwargs: extra keyword arguments of the generator class (e.g. ``attn_norm``).
+        mask_loss_reduction: ``"batch"`` (the reference) or ``"sample"`` hinge (module docstring).
+        lam_concat: the Mix Block concatenates lambda (True; False on small data sets, as the reference).
+        mix_block_init: ``"reference"`` (N(0, 0.01)) or ``"default"`` (PyTorch's) generator init.
     """
+
+    EVAL_KEYS = Algorithm.EVAL_KEYS + DIAGNOSTIC_KEYS
 
     DEFAULTS: Dict[str, Any] = {
         "alpha": 2.0,
@@ -126,6 +151,9 @@ class AutoMix(Algorithm):
         "mix_block_min_lr": None,
         "mix_block_weight_decay": None,
         "mix_block_kwargs": {},
+        "mask_loss_reduction": "batch",
+        "lam_concat": True,
+        "mix_block_init": "reference",
     }
 
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, **kwargs) -> None:
@@ -166,6 +194,9 @@ class AutoMix(Algorithm):
         for name in ("mix_block_lr", "mix_block_min_lr", "mix_block_weight_decay"):
             if o[name] is not None:
                 _check_number(name, o[name], 0.0, low_open=name == "mix_block_lr")
+        _check_choice("mask_loss_reduction", o["mask_loss_reduction"], MASK_LOSS_REDUCTIONS)
+        _check_choice("mix_block_init", o["mix_block_init"], GENERATOR_INITS)
+        _check_bool("lam_concat", o["lam_concat"])
         if not isinstance(o["mix_block_kwargs"], dict):
             raise TypeError(f"algorithm option mix_block_kwargs must be a mapping, got {o['mix_block_kwargs']!r}")
 
@@ -173,10 +204,12 @@ class AutoMix(Algorithm):
     def build_generator(self, channels: int) -> nn.Module:
         """The mask generator reading ``channels``-channel features (AutoMix: :class:`MixBlock`)."""
         kwargs = dict(self.options["mix_block_kwargs"])
-        clash = sorted(set(kwargs) & {"in_channels", "upsample"})
+        clash = sorted(set(kwargs) & {"in_channels", "upsample", "lam_concat", "init"})
         if clash:
             raise ValueError(f"algorithm option mix_block_kwargs must not set {clash}: use the algorithm options")
-        return MixBlock(channels, upsample=self.options["upsample"], **kwargs)
+        o = self.options
+        return MixBlock(channels, upsample=o["upsample"], lam_concat=o["lam_concat"], init=o["mix_block_init"],
+                        **kwargs)
 
     def generate(self, z: Tensor, lam: Tensor, index: Tensor, out_size) -> Any:
         """Call the generator (SAMix passes the run's ``torch.Generator`` for its lambda-adjust draws)."""
@@ -190,10 +223,8 @@ class AutoMix(Algorithm):
     def mask_terms(self, mask_raw: Tensor, lam: Tensor) -> Optional[Tensor]:
         """The unweighted mask loss on the generator's raw mask, or ``None`` (``mask_loss="none"``)."""
         o = self.options
-        if o["mask_loss"] == "none":
-            return None
-        fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
-        return fn(mask_raw, lam, margin=float(o["mask_margin"]))
+        return generator_mask_loss(mask_raw, lam, o["mask_loss"], float(o["mask_margin"]),
+                                   variance=bool(o.get("variance_loss", False)), reduction=o["mask_loss_reduction"])
 
     @property
     def generator_loss_fn(self):
@@ -333,6 +364,21 @@ class AutoMix(Algorithm):
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "name": "model"}, gen_group]
 
     # ------------------------------------------------------------------ looking
+    def evaluate(self, ctx) -> Dict[str, Any]:
+        """The classifier's metrics plus :meth:`mask_diagnostics` on the first test batch."""
+        res = super().evaluate(ctx)
+        res.update(self.mask_diagnostics(first_test_images(ctx)))
+        return res
+
+    @torch.no_grad()
+    def mask_diagnostics(self, images: Tensor) -> Dict[str, float]:
+        """What the generator's raw masks do, in numbers (see the module docstring): ``mask_mu_err``,
+        ``mask_std``, ``mask_self_attn`` (NaN without attention) and ``mask_partner_sens``, on ``images``
+        paired with their neighbour (``i -> i + 1``) at the lambdas :data:`DIAGNOSTIC_LAMS` cycled over
+        the batch; the partner swap pairs ``i`` with ``i + 2`` instead. Encoder and generator in eval mode."""
+        return generator_diagnostics(self._teacher(), self.mix_block, int(self.options["stage"]), images,
+                                     DIAGNOSTIC_LAMS)
+
     @torch.no_grad()
     def masks_for(self, images: Tensor, lams: Sequence[float]) -> Tensor:
         """Raw generator masks ``[L, P, 1, H, W]`` (float32) for the fixed pairs ``(images[2p], images[2p+1])``,

@@ -19,8 +19,8 @@ import warnings
 
 from samix._registry import Registry
 
-from .mask_losses import linear_weight, mask_l1_loss, mask_l2_loss, mask_mean, mask_variance_loss
-from .mixblock import GeneratorOutput, MixBlock
+from .mask_losses import generator_mask_loss, linear_weight, mask_l1_loss, mask_l2_loss, mask_mean, mask_variance_loss
+from .mixblock import GeneratorOutput, MixBlock, init_generator_weights, self_attention_weight
 from .samix_generator import SAMixGenerator, lambda_adjust
 
 GENERATORS = Registry("generator")
@@ -57,4 +57,4 @@ def __getattr__(name):
 
 __all__ = ["GENERATORS", "GeneratorOutput", "MixBlock", "SAMixGenerator", "build_generator", "generator_name",
            "lambda_adjust", "linear_weight", "list_generators", "mask_l1_loss", "mask_l2_loss", "mask_mean",
-           "mask_variance_loss"]
+           "mask_variance_loss", "generator_mask_loss", "init_generator_weights", "self_attention_weight"]

@@ -19,6 +19,10 @@ Notation: ``s_i`` is the mask of sample ``i`` (weight of the original sample),
   and it is non-negative because a mask in ``[0, 1]`` has
   ``var <= mu (1 - mu) <= 1/4``. It is ``1/4`` for a flat mask and ``0`` for a
   binary mask covering half of the image.
+- :func:`generator_mask_loss`: the mask loss of a training pipeline in one call (hinge, optional
+  variance term), on every sample's mean (``reduction="sample"``) or on the batch mean
+  (``"batch"``, the reference implementation: the whole batch is one mask, the hinge compares its
+  mean with the mean lambda and the variance is about the batch mean).
 - :func:`linear_weight`: ``start + (end - start) * progress``, the weight
   (``gamma`` in AutoMix, ``beta`` in SAMix) that decreases from 0.1 to 0.
 
@@ -33,9 +37,12 @@ from torch import Tensor
 
 from samix._checks import check_choice, check_number, check_probability
 
-__all__ = ["linear_weight", "mask_l1_loss", "mask_l2_loss", "mask_mean", "mask_variance_loss"]
+__all__ = ["generator_mask_loss", "linear_weight", "mask_l1_loss", "mask_l2_loss", "mask_mean",
+           "mask_variance_loss"]
 
 REDUCTIONS = ("mean", "sum", "none")
+MASK_LOSSES = ("none", "l1", "l2")
+MASK_LOSS_REDUCTIONS = ("batch", "sample")
 
 
 def _check_mask(mask) -> Tensor:
@@ -117,6 +124,33 @@ def mask_variance_loss(mask: Tensor, reduction: str = "mean") -> Tensor:
     s = _check_mask(mask).float().flatten(1)
     var = (s - s.mean(dim=1, keepdim=True)).square().mean(dim=1)
     return _reduce(0.25 - var, reduction)
+
+
+def generator_mask_loss(mask_raw: Tensor, lam, loss: str = "l1", margin: float = 0.1, variance: bool = False,
+                        reduction: str = "batch"):
+    """The unweighted mask loss of AutoMix / SAMix on a generator's raw masks, or ``None`` for ``loss="none"``.
+
+    Args:
+        mask_raw: ``[B, 1, H, W]`` masks before lambda adjusting.
+        lam: float ``[B]`` or a number: the lambdas they were generated for.
+        loss: ``"l1"`` (:func:`mask_l1_loss`), ``"l2"`` (:func:`mask_l2_loss`) or ``"none"``.
+        margin: the hinge's tolerance ``eps``.
+        variance: add SAMix's :func:`mask_variance_loss`.
+        reduction: ``"batch"``: one hinge on ``|mean(lam) - mean(mu)|`` and the variance about the batch
+            mean (the reference); ``"sample"``: each sample's own hinge and variance, averaged.
+    """
+    check_choice("loss", loss, MASK_LOSSES)
+    check_choice("reduction", reduction, MASK_LOSS_REDUCTIONS)
+    if loss == "none":
+        return None
+    mask_raw = _check_mask(mask_raw)
+    lam_t = _check_lam(lam, mask_raw.shape[0], mask_raw.device)
+    if reduction == "batch":
+        mask_raw = mask_raw.reshape(1, 1, -1, mask_raw.shape[-1])
+        lam_t = lam_t.mean().view(1)
+    fn = mask_l1_loss if loss == "l1" else mask_l2_loss
+    m = fn(mask_raw, lam_t, margin=margin)
+    return m + mask_variance_loss(mask_raw) if variance else m
 
 
 def linear_weight(progress, start: float = 0.1, end: float = 0.0) -> float:

@@ -53,8 +53,12 @@ from samix.mixing.base import mask_mix
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 ATTN_NORMS = ("scaled", "cosine")
+INITS = ("reference", "default")
+#: std of the reference implementation's init of every Mix Block convolution (OpenMixup: normal_init std 0.01)
+REFERENCE_INIT_STD = 0.01
 
-__all__ = ["ATTN_NORMS", "GeneratorOutput", "MixBlock", "UPSAMPLE_MODES"]
+__all__ = ["ATTN_NORMS", "GeneratorOutput", "INITS", "MixBlock", "UPSAMPLE_MODES", "init_generator_weights",
+           "self_attention_weight"]
 
 
 @dataclass
@@ -236,6 +240,39 @@ def param_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def init_generator_weights(module: nn.Module, init: str) -> None:
+    """``"reference"``: every convolution weight (and every lambda weight, the extra input column of a
+    lambda-concatenating convolution) ~ N(0, 0.01^2), biases 0 - the reference implementation's init of
+    the Mix Block. With it the attention logits start near 0, so the attention starts near *uniform*
+    (every position weighs every other alike) instead of near identity, and the content starts near 0
+    (masks near 0.5): the masks are shaped by training, not by the random projection. PyTorch's
+    default init (``"default"``) is 5-7x larger and starts the Mixer's attention near identity (measured
+    on the CPU recipe's 7x7 stage-3 map: mean self-attention weight 0.64 at init, uniform is 0.02).
+    BatchNorm layers keep their init (weight 1, bias 0)."""
+    check_choice("init", init, INITS)
+    if init == "default":
+        return
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            if isinstance(owner, nn.modules.batchnorm._BatchNorm):
+                continue
+            if leaf == "bias":
+                p.zero_()
+            elif leaf == "weight" or leaf.endswith("lam") or leaf == "lam_weight":
+                p.normal_(0.0, REFERENCE_INIT_STD)
+
+
+def self_attention_weight(attention: Optional[Tensor]) -> Optional[Tensor]:
+    """Mean weight a position gives to itself, ``mean_{b,p} P[b, p, p]`` (a detached 0-d float32 tensor; ``None``
+    without attention). Uniform attention over ``hw`` positions gives ``1 / hw``, identity gives 1: a
+    Mixer whose value is near 1 makes each sample's mask from its own position alone."""
+    if attention is None:
+        return None
+    return attention.detach().float().diagonal(dim1=1, dim2=2).mean()
+
+
 # ---------------------------------------------------------------------- MixBlock
 class MixBlock(nn.Module):
     """AutoMix's Mix Block (see the module docstring for the formula).
@@ -247,14 +284,25 @@ class MixBlock(nn.Module):
         upsample: ``"nearest"`` (AutoMix) or ``"bilinear"``.
         attn_norm: ``"scaled"`` (``N = sqrt(d)``, the reference) or ``"cosine"``
             (bounded logits, see :func:`attention_logits_softmax`).
+        lam_concat: embed lambda by concatenation (the paper's Eq. 4, and the reference on large
+            data sets); ``False`` leaves lambda out of the block, as the reference's CIFAR configs do
+            ("no lambda concat for small-scale datasets"): the mask then depends on lambda only
+            through the mask loss's pressure on its mean.
+        init: ``"reference"`` (N(0, 0.01) convolutions, :func:`init_generator_weights`) or
+            ``"default"`` (PyTorch's).
 
     Call ``gen(z, lam, index, out_size=(H, W))`` -> :class:`GeneratorOutput`.
     """
 
     def __init__(self, in_channels: int, attn_channels: Optional[int] = None,
-                 upsample: str = "nearest", attn_norm: str = "scaled") -> None:
+                 upsample: str = "nearest", attn_norm: str = "scaled", lam_concat: bool = True,
+                 init: str = "reference") -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
+        if not isinstance(lam_concat, bool):
+            raise TypeError(f"lam_concat must be a bool, got {type(lam_concat).__name__} ({lam_concat!r})")
+        self.lam_concat = lam_concat
+        self.init = check_choice("init", init, INITS)
         if attn_channels is None:
             attn_channels = max(1, in_channels // 2)
         self.attn_channels = check_positive_int("attn_channels", attn_channels)
@@ -262,16 +310,22 @@ class MixBlock(nn.Module):
         self.attn_norm = check_choice("attn_norm", attn_norm, ATTN_NORMS)
         # W_P over concat(z, lam) = conv(z) + w_lam * lam (shared by query and key)
         self.proj = nn.Conv2d(in_channels, self.attn_channels, kernel_size=1)
-        self.proj_lam = nn.Parameter(torch.empty(self.attn_channels))
         # W_Z over concat(z_i, lam)
         self.content = nn.Conv2d(in_channels, 1, kernel_size=1)
-        self.content_lam = nn.Parameter(torch.empty(1))
-        lam_column_init(self.proj_lam, in_channels + 1)
-        lam_column_init(self.content_lam, in_channels + 1)
+        if lam_concat:
+            self.proj_lam = nn.Parameter(torch.empty(self.attn_channels))
+            self.content_lam = nn.Parameter(torch.empty(1))
+            lam_column_init(self.proj_lam, in_channels + 1)
+            lam_column_init(self.content_lam, in_channels + 1)
+        else:
+            self.register_parameter("proj_lam", None)
+            self.register_parameter("content_lam", None)
+        init_generator_weights(self, init)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, attn_channels={self.attn_channels}, "
-                f"upsample={self.upsample!r}, attn_norm={self.attn_norm!r}")
+                f"upsample={self.upsample!r}, attn_norm={self.attn_norm!r}, lam_concat={self.lam_concat}, "
+                f"init={self.init!r}")
 
     def forward(self, z: Tensor, lam, index: Tensor,
                 out_size: Union[None, int, Tuple[int, int]] = None) -> GeneratorOutput:
@@ -289,11 +343,13 @@ class MixBlock(nn.Module):
         x = z.to(param_dtype(self))
         lam4 = lam.view(b, 1, 1, 1)
         feat = self.proj(x)  # W z for every sample; the partner's is a gather
-        w_lam = self.proj_lam.view(1, -1, 1, 1)
-        q = feat + w_lam * lam4.to(feat.dtype)
-        k = feat[index] + w_lam * (1 - lam4).to(feat.dtype)
+        q, k, content = feat, feat[index], self.content(x)
+        if self.lam_concat:
+            w_lam = self.proj_lam.view(1, -1, 1, 1)
+            q = q + w_lam * lam4.to(feat.dtype)
+            k = k + w_lam * (1 - lam4).to(feat.dtype)
+            content = content + self.content_lam.view(1, 1, 1, 1) * lam4.to(x.dtype)
         attention = attention_logits_softmax(q, k, self.attn_norm)
-        content = self.content(x) + self.content_lam.view(1, 1, 1, 1) * lam4.to(x.dtype)
         logits = attend(attention, content)
         small = torch.sigmoid(logits)
         mask = upsample_mask(small, size, self.upsample)

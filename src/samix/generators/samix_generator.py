@@ -13,9 +13,17 @@ Papers: samix.txt Sec. 3.2 (Eq. 9-11) and A.2; amix.txt Sec. 3.2 (Eq. 5). With
 
 Because ``W_P z~ = W_a z_i + W_b z_j``, the dot products hold the cross terms
 between the two samples and the self terms of each one: cross- and
-self-attention at once (Eq. 10). ``W_P`` is one shared projection for query
-and key, as printed; its width ``attn_channels`` defaults to
-``in_channels // 2``, like the content module's hidden width.
+self-attention at once (Eq. 10). Eq. 10 prints one ``W_P`` for query and key
+(``qk="shared"``); the default ``qk="separate"`` follows the reference
+implementation, which builds separate query and key projections whenever it
+concatenates the two samples: with one shared projection the logit of a
+position with itself, ``|W_P z~_p|^2``, is the largest of its row for any
+features, so the attention is biased towards identity and a sample's mask
+becomes a saliency map of that sample alone, blind to its partner. Their width
+``attn_channels`` defaults to ``in_channels // 2``, like the content module's
+hidden width. Every convolution starts N(0, 0.01) (``init="reference"``, see
+:func:`~samix.generators.mixblock.init_generator_weights`): the attention starts
+near uniform.
 
 Every module can be switched off for the ablation of samix.txt Table 10:
 
@@ -91,7 +99,12 @@ one the mask was generated for - the reference compared the Mixer's own
 lambda with the student's mask, a pitfall). When to adjust: in eval mode
 always (a frozen SAMix-P Mixer), in training mode each sample independently
 with probability ``lam_adjust_prob`` (0.25 in the 800-epoch recipe), and
-``forward(..., adjust=True/False)`` overrides both.
+``forward(..., adjust=True/False)`` overrides both. ``adjust`` may also be a bool
+``[B]`` tensor: the samples it marks follow that policy, the others are never
+adjusted - how the training pipelines restrict adjusting to the student's
+(detached) masks, as the reference does, and keep it off the masks the Mixer
+learns from (an adjusted mask has its mean pinned to ``lam``, which removes the
+gradient through the mean that the mask loss and the generation loss need).
 """
 
 from __future__ import annotations
@@ -111,12 +124,15 @@ from .mixblock import (
     check_generator_inputs,
     check_out_size,
     check_positive_int,
+    init_generator_weights,
     lam_column_init,
     param_dtype,
     upsample_mask,
 )
 
-__all__ = ["SAMixGenerator", "lambda_adjust"]
+QK_MODES = ("separate", "shared")
+
+__all__ = ["QK_MODES", "SAMixGenerator", "lambda_adjust"]
 
 
 def lambda_adjust(mask: Tensor, lam) -> Tensor:
@@ -220,7 +236,7 @@ class SAMixGenerator(nn.Module):
 
     Args:
         in_channels: channels ``C`` of the feature map ``z``.
-        attn_channels: width of the shared query/key projection (default ``max(1, C // 2)``).
+        attn_channels: width of the query/key projections (default ``max(1, C // 2)``).
         content_channels: hidden width of the non-linear content module (default ``max(1, C // 2)``).
         dropout: dropout ratio inside the non-linear content module (0.1 in the paper).
         upsample: ``"bilinear"`` (SAMix) or ``"nearest"``.
@@ -232,6 +248,9 @@ class SAMixGenerator(nn.Module):
         attn_norm: ``"scaled"`` (``N = sqrt(d)``) or ``"cosine"`` (bounded logits).
         gamma_init: initial ``gamma`` in ``[0, 1]`` (0, the paper; see "Initial gamma" in the module
             docstring for why the CPU recipe starts at 1).
+        qk: ``"separate"`` query and key projections (the reference) or one ``"shared"`` ``W_P`` (Eq. 10
+            as printed; see the module docstring for why it starts near identity).
+        init: ``"reference"`` (every convolution N(0, 0.01)) or ``"default"`` (PyTorch's).
 
     A frozen, pre-trained Mixer (SAMix-P) is ``mixer.eval().requires_grad_(False)``:
     deterministic (Dropout off, BN running statistics) and always lambda-adjusted.
@@ -251,6 +270,8 @@ class SAMixGenerator(nn.Module):
         lam_adjust_prob: float = 0.25,
         attn_norm: str = "scaled",
         gamma_init: float = 0.0,
+        qk: str = "separate",
+        init: str = "reference",
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -268,6 +289,8 @@ class SAMixGenerator(nn.Module):
         self.dropout = float(dropout)
         self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES)
         self.attn_norm = check_choice("attn_norm", attn_norm, ATTN_NORMS)
+        self.qk = check_choice("qk", qk, QK_MODES)
+        self.init = init
         self.use_attention = attention
         self.adaptive_lambda = adaptive_lambda
         self.nonlinear_content = nonlinear_content
@@ -282,8 +305,11 @@ class SAMixGenerator(nn.Module):
         if attention:
             # W_P over z~ = concat(z_i, z_j) [+ lam channels]
             self.proj = _LamConv(2 * in_channels, self.attn_channels, with_lam=concat_lam)
+            self.key_proj = (_LamConv(2 * in_channels, self.attn_channels, with_lam=concat_lam)
+                             if qk == "separate" else None)
         else:
             self.proj = None
+            self.key_proj = None
         if nonlinear_content:
             # lambda enters after the BatchNorm (see "Where lambda enters" in the module docstring)
             self.content_in = _LamConv(in_channels, self.content_channels, with_lam=False, bias=False)
@@ -302,6 +328,7 @@ class SAMixGenerator(nn.Module):
             self.content_in = _LamConv(in_channels, 1, with_lam=concat_lam)
             self.content_body = None
             self.register_parameter("content_lam", None)
+        init_generator_weights(self, init)
 
     # ------------------------------------------------------------------ gamma
     def gamma_tensor(self) -> Tensor:
@@ -323,12 +350,12 @@ class SAMixGenerator(nn.Module):
                 f"upsample={self.upsample!r}, attention={self.use_attention}, "
                 f"adaptive_lambda={self.adaptive_lambda}, nonlinear_content={self.nonlinear_content}, "
                 f"lam_adjust={self.lam_adjust}, lam_adjust_prob={self.lam_adjust_prob}, "
-                f"attn_norm={self.attn_norm!r}, gamma={self.gamma:.3g}")
+                f"attn_norm={self.attn_norm!r}, qk={self.qk!r}, init={self.init!r}, gamma={self.gamma:.3g}")
 
     # ------------------------------------------------------------------ forward
     def forward(self, z: Tensor, lam, index: Tensor,
                 out_size: Union[None, int, Tuple[int, int]] = None,
-                adjust: Optional[bool] = None,
+                adjust: Union[None, bool, Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> GeneratorOutput:
         """Generate ``s_i`` for every sample and its partner ``index[i]``.
 
@@ -339,13 +366,20 @@ class SAMixGenerator(nn.Module):
             out_size: ``(H, W)`` of the images to mix (``None``: feature resolution).
             adjust: ``None``: the module's policy (never if ``lam_adjust=False``; always in
                 eval mode; with probability ``lam_adjust_prob`` per sample in training);
-                ``True``/``False``: adjust every sample / none.
+                ``True``/``False``: adjust every sample / none; a bool ``[B]`` tensor: the marked
+                samples follow the module's policy, the others are never adjusted.
             generator: ``torch.Generator`` for the adjust draws (``None``: global RNG).
         """
         lam, index = check_generator_inputs(z, lam, index, self.in_channels)
-        if adjust is not None and not isinstance(adjust, bool):
-            raise TypeError(f"adjust must be None or a bool, got {type(adjust).__name__}")
         b, _, h, w = z.shape
+        eligible = None
+        if isinstance(adjust, Tensor):
+            if adjust.dtype != torch.bool or adjust.shape != (b,):
+                raise ValueError(f"adjust as a tensor must be bool of shape [B]=[{b}] (the samples that may be "
+                                 f"adjusted), got {adjust.dtype} of shape {tuple(adjust.shape)}")
+            eligible, adjust = adjust.to(z.device), None
+        elif adjust is not None and not isinstance(adjust, bool):
+            raise TypeError(f"adjust must be None, a bool or a bool [B] tensor, got {type(adjust).__name__}")
         size = check_out_size(out_size, (h, w))
         if self.nonlinear_content and self.training and b * h * w == 1:
             raise ValueError("Mixer with nonlinear_content in training mode needs more than one value per "
@@ -366,8 +400,10 @@ class SAMixGenerator(nn.Module):
         if self.proj is not None:
             # concat(z_i, lam, z_j, 1 - lam): the two constant channels fold into one lam
             # weight (w_a lam + w_b (1 - lam) = (w_a - w_b) lam + w_b, w_b joining the bias)
-            qk = self.proj(torch.cat([zi, zj], dim=1), lam4)
-            attention = attention_logits_softmax(qk, qk, self.attn_norm)
+            pair = torch.cat([zi, zj], dim=1)
+            q = self.proj(pair, lam4)
+            k = q if self.key_proj is None else self.key_proj(pair, lam4)
+            attention = attention_logits_softmax(q, k, self.attn_norm)
         if self.content_body is None:
             content = self.content_in(zi, lam4)
         else:
@@ -394,10 +430,14 @@ class SAMixGenerator(nn.Module):
             gen_device = generator.device if generator is not None else z.device
             draws = torch.rand(b, generator=generator, device=gen_device).to(z.device)
             do = draws < self.lam_adjust_prob
-            mask = torch.where(do.view(b, 1, 1, 1), _lambda_adjust(mask_raw, lam), mask_raw)
         else:
             do = torch.full((b,), adjust, dtype=torch.bool, device=z.device)
+        if eligible is not None:
+            do = do & eligible
+        if eligible is None and adjust is not None:
             mask = _lambda_adjust(mask_raw, lam) if adjust else mask_raw
+        else:
+            mask = torch.where(do.view(b, 1, 1, 1), _lambda_adjust(mask_raw, lam), mask_raw)
 
         out_dtype = z.dtype
         return GeneratorOutput(

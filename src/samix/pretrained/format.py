@@ -50,10 +50,13 @@ _GENERATOR_ATTRS = {
               "content_channels": "content_channels", "dropout": "dropout", "upsample": "upsample",
               "attention": "use_attention", "adaptive_lambda": "adaptive_lambda",
               "nonlinear_content": "nonlinear_content", "lam_adjust": "lam_adjust",
-              "lam_adjust_prob": "lam_adjust_prob", "attn_norm": "attn_norm"},
+              "lam_adjust_prob": "lam_adjust_prob", "attn_norm": "attn_norm", "qk": "qk"},
     "mixblock": {"in_channels": "in_channels", "attn_channels": "attn_channels", "upsample": "upsample",
-                 "attn_norm": "attn_norm"},
+                 "attn_norm": "attn_norm", "lam_concat": "lam_concat"},
 }
+#: Constructor arguments added after files were first written, with the value every older file had: a
+#: file that does not record one was made by that architecture (its tensors say so too).
+_GENERATOR_LEGACY = {"mixer": {"qk": "shared"}, "mixblock": {"lam_concat": True}}
 
 PathLike = Union[str, os.PathLike]
 Size = Union[int, Sequence[int]]
@@ -156,6 +159,7 @@ class MixerMetadata:
         if gen not in GENERATORS:
             raise ValueError(f"{where}: field 'generator' must be one of {GENERATORS.list()}, got {gen!r}")
         gkw = _json_plain("generator_kwargs", d["generator_kwargs"], where)
+        gkw = {**_GENERATOR_LEGACY.get(gen, {}), **gkw}
         allowed = set(_GENERATOR_ATTRS[gen])
         if set(gkw) - allowed:
             raise ValueError(f"{where}: field 'generator_kwargs' has argument(s) {sorted(set(gkw) - allowed)} that "

@@ -80,13 +80,15 @@ import torch
 from torch import Tensor, nn
 
 from samix import _checks
-from samix.generators import SAMixGenerator, linear_weight, mask_l1_loss, mask_l2_loss, mask_variance_loss
+from samix.generators import SAMixGenerator, generator_mask_loss, linear_weight
+from samix.generators.mask_losses import MASK_LOSS_REDUCTIONS
 from samix.losses import cross_view_mixup_infonce, moco_infonce, nonparametric_bce
 from samix.mixing.base import gather_batch, mask_mix
 
 from .. import early_backward
 from ..base import register_algorithm
-from ..masks import generator_masks
+from ..masks import DIAGNOSTIC_KEYS, DIAGNOSTIC_LAMS, first_test_images, generator_diagnostics, generator_masks
+from ..samix import GENERATOR_INITS, LAM_ADJUST_ON, QK_PROJ, student_half_adjust
 from .base import derangement, two_views
 from .moco import MoCo
 
@@ -124,8 +126,14 @@ class SAMixI(MoCo):
     modules ``attention``, ``adaptive_lambda``, ``nonlinear_content``, ``lam_adjust`` (all True),
     ``lam_adjust_prob`` (0.25), ``gamma_init`` (0.0, the paper; see
     :mod:`samix.generators.samix_generator`) and the Mixer's own optimiser settings ``mix_block_lr``,
-    ``mix_block_min_lr``, ``mix_block_weight_decay`` (None: the engine's).
+    ``mix_block_min_lr``, ``mix_block_weight_decay`` (None: the engine's), and the reference-faithful
+    choices of the supervised SAMix (:mod:`samix.algorithms.samix`): ``qk_proj`` (``"separate"``),
+    ``mix_block_init`` (``"reference"``), ``lam_adjust_on`` (``"student"``: only the online network's
+    detached masks are adjusted), ``mask_loss_reduction`` (``"batch"``). Every evaluation logs the mask
+    diagnostics of :func:`~samix.algorithms.masks.generator_diagnostics` beside the kNN monitor.
     """
+
+    EVAL_KEYS = MoCo.EVAL_KEYS + DIAGNOSTIC_KEYS
 
     DEFAULTS: Dict[str, Any] = {
         **MoCo.DEFAULTS,
@@ -148,6 +156,10 @@ class SAMixI(MoCo):
         "mix_block_lr": None,
         "mix_block_min_lr": None,
         "mix_block_weight_decay": None,
+        "qk_proj": "separate",
+        "mix_block_init": "reference",
+        "lam_adjust_on": "student",
+        "mask_loss_reduction": "batch",
     }
 
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, **kwargs) -> None:
@@ -173,6 +185,10 @@ class SAMixI(MoCo):
             _check_bool(name, o[name])
         _check_number("lam_adjust_prob", o["lam_adjust_prob"], 0.0, 1.0)
         _check_number("gamma_init", o["gamma_init"], 0.0, 1.0)
+        _check_choice("qk_proj", o["qk_proj"], QK_PROJ)
+        _check_choice("mix_block_init", o["mix_block_init"], GENERATOR_INITS)
+        _check_choice("lam_adjust_on", o["lam_adjust_on"], LAM_ADJUST_ON)
+        _check_choice("mask_loss_reduction", o["mask_loss_reduction"], MASK_LOSS_REDUCTIONS)
         for name in ("mix_block_lr", "mix_block_min_lr", "mix_block_weight_decay"):
             if o[name] is not None:
                 _check_number(name, o[name], 0.0, low_open=name == "mix_block_lr")
@@ -180,7 +196,7 @@ class SAMixI(MoCo):
             int(channels[int(o["stage"]) - 1]), upsample=o["upsample"], attention=o["attention"],
             adaptive_lambda=o["adaptive_lambda"], nonlinear_content=o["nonlinear_content"],
             lam_adjust=o["lam_adjust"], lam_adjust_prob=float(o["lam_adjust_prob"]),
-            gamma_init=float(o["gamma_init"]))
+            gamma_init=float(o["gamma_init"]), qk=o["qk_proj"], init=o["mix_block_init"])
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -198,8 +214,10 @@ class SAMixI(MoCo):
         return lam, torch.full((b,), lam, device=device), index
 
     def generate(self, z: Tensor, lam: Tensor, index: Tensor, out_size):
-        """The Mixer's call (the run's generator drives its lambda-adjust draws)."""
-        return self.mix_block(z, lam, index, out_size=out_size, generator=self.generator)
+        """The Mixer's call on the batched ``[online; Mixer]`` halves (the run's generator drives the
+        lambda-adjust draws; ``lam_adjust_on="student"``: only the first half may be adjusted)."""
+        return self.mix_block(z, lam, index, out_size=out_size, generator=self.generator,
+                              adjust=student_half_adjust(self.options["lam_adjust_on"], z.shape[0], z.device))
 
     def mask_loss_weight(self) -> float:
         """``beta(t)``: ``mask_loss_weight`` linearly to ``mask_loss_weight_end`` over training."""
@@ -209,11 +227,8 @@ class SAMixI(MoCo):
     def mask_terms(self, mask_raw: Tensor, lam: Tensor):
         """The unweighted mask loss of the supervised Mixer on the raw mask (``None``: ``mask_loss="none"``)."""
         o = self.options
-        if o["mask_loss"] == "none":
-            return None
-        fn = mask_l1_loss if o["mask_loss"] == "l1" else mask_l2_loss
-        m = fn(mask_raw, lam, margin=float(o["mask_margin"]))
-        return m + mask_variance_loss(mask_raw) if o["variance_loss"] else m
+        return generator_mask_loss(mask_raw, lam, o["mask_loss"], float(o["mask_margin"]),
+                                   variance=bool(o["variance_loss"]), reduction=o["mask_loss_reduction"])
 
     def _backward_now(self, device_type: str) -> bool:
         """Whether the backward through the frozen momentum encoder may run inside ``forward``."""
@@ -297,6 +312,13 @@ class SAMixI(MoCo):
         return super().param_groups() + [group]
 
     # ------------------------------------------------------------------ looking, export
+    def evaluate(self, ctx) -> Dict[str, Any]:
+        """MoCo's kNN monitor plus the Mixer's mask diagnostics on the first test images."""
+        res = super().evaluate(ctx)
+        res.update(generator_diagnostics(self.momentum_backbone, self.mix_block, int(self.options["stage"]),
+                                         first_test_images(ctx), DIAGNOSTIC_LAMS))
+        return res
+
     def mask_generator(self):
         """The Mixer, the momentum backbone that feeds it and its stage (``samix export-mixer``)."""
         return self.mix_block, self.momentum_backbone, int(self.options["stage"])
