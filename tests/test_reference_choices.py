@@ -221,3 +221,31 @@ def test_diagnostics_see_a_partner_dependent_generator():
     assert no_attn["mask_self_attn"] is None
     assert no_attn["mask_partner_sens"] == pytest.approx(0.0, abs=1e-7)  # content only: blind to the partner
     assert not math.isnan(no_attn["mask_std"])
+
+
+def test_a_run_logs_the_mask_diagnostics_and_show_draws_them(tmp_path, capsys):
+    """metrics.jsonl carries every diagnostic at each evaluation of an AutoMix run, curves_masks.png is drawn
+    during training and again by ``samix show RUN``; a vanilla run logs none and draws none."""
+    from engine_utils import make_fashion_mnist
+    from samix.cli import main
+    from samix.engine.config import load_config
+    from samix.engine.rundir import read_metrics
+    from samix.engine.trainer import train
+
+    root = make_fashion_mnist(tmp_path / "data", n_train=40, n_test=20)
+    tiny = ["data.name=fashion_mnist", "model.name=convnet", "model.width=0.25", "batch_size=20", "epochs=2",
+            "num_workers=0", "threads=1", "log_interval=1000", f"data.root={root}", "eval_interval=1"]
+    train(load_config(None, tiny + [f"out_dir={tmp_path / 'am'}", "algorithm.name=automix"]))
+    rows = read_metrics(tmp_path / "am" / "metrics.jsonl")
+    assert len(rows) == 2
+    for r in rows:
+        assert 0 <= r["mask_mu_err"] <= 1 and 0 <= r["mask_std"] <= 0.5
+        assert 0 < r["mask_self_attn"] <= 1 and r["mask_partner_sens"] >= 0
+    png = tmp_path / "am" / "curves_masks.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    png.unlink()
+    assert main(["show", str(tmp_path / "am")]) == 0
+    assert png.is_file() and "curves_masks.png" in capsys.readouterr().out
+    train(load_config(None, tiny + [f"out_dir={tmp_path / 'va'}"]))
+    assert not any(k in read_metrics(tmp_path / "va" / "metrics.jsonl")[-1] for k in DIAGNOSTIC_KEYS)
+    assert not (tmp_path / "va" / "curves_masks.png").exists()

@@ -142,7 +142,8 @@ def test_prune_keeps_features_of_a_view_based_timm_backbone():
         torch.testing.assert_close(model.features(x, 2), want, rtol=0, atol=0)
 
 
-def test_cli_export_writes_the_momentum_encoder_and_the_mixer(samix_run):
+def test_cli_export_writes_the_momentum_encoder_and_the_mixer(samix_run, tmp_path):
+    from samix.cli import main
     from samix.engine.evaluate_run import load_run
 
     root, run, out = samix_run
@@ -152,6 +153,10 @@ def test_cli_export_writes_the_momentum_encoder_and_the_mixer(samix_run):
     assert meta.channels == algo.model.stage_channels[2] and meta.in_chans == 1
     assert meta.input_size == (28, 28) and meta.mean == tuple(info.mean) and meta.std == tuple(info.std)
     assert meta.source["algorithm"] == "samix" and meta.source["epoch"] == 1 and meta.source["momentum_encoder"]
+    assert meta.source["bn_recalibration"] == {"images": 60, "batches": 3}
+    # without BN recalibration (tests/test_export_bn.py tests it) the file is the run's teacher as it is
+    out = tmp_path / "as_trained.safetensors"
+    assert main(["export-mixer", str(run), str(out), "--no-bn-recalibrate"]) == 0
     pm = load_pretrained_mixer(out)
     # the file holds the teacher (EMA) weights, which differ from the student's after training
     w_file = pm.encoder.stem[0].weight

@@ -65,9 +65,12 @@ def _cmd_show(args) -> int:
 
         path = compare_masks(args.run_dir, out=args.out or "masks_compare.png", pairs=args.pairs)[0]
     elif args.run_dir:
-        from samix.engine.evaluate_run import show_run
+        from samix.engine.evaluate_run import show_run, show_run_diagnostics
 
         path = show_run(args.run_dir[0], out=args.out)
+        diag = show_run_diagnostics(args.run_dir[0], Path(args.out).parent if args.out else None)
+        if diag:
+            print(f"wrote {diag} (learned-mask diagnostics over the epochs)")
     else:
         from samix.viz import mixing_grid
 
@@ -79,10 +82,16 @@ def _cmd_show(args) -> int:
 def _cmd_export_mixer(args) -> int:
     from samix.engine.export import export_mixer
 
-    meta = export_mixer(args.run_dir, args.out, checkpoint=args.checkpoint)
+    meta = export_mixer(args.run_dir, args.out, checkpoint=args.checkpoint, bn_recalibrate=args.bn_recalibrate,
+                        bn_batches=args.bn_batches)
     print(f"wrote {args.out}: {meta.generator} (stage {meta.stage}, {meta.channels} channels) + "
           f"{meta.backbone} x{meta.width:g} stem..stage {meta.stage}, trained on {meta.dataset} "
           f"{meta.input_size[0]}x{meta.input_size[1]}; use it with mixer.name=samix_p mixer.pretrained={args.out}")
+    bn = meta.source.get("bn_recalibration")
+    if isinstance(bn, dict):
+        print(f"BatchNorm statistics re-estimated on {bn['images']} clean training images ({bn['batches']} batches)")
+    else:
+        print(f"BatchNorm statistics: {bn} (those of training)")
     return 0
 
 
@@ -228,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="run directory of a finished samix or automix run")
     x.add_argument("out", help="output .safetensors file")
     x.add_argument("--checkpoint", default=None, help="checkpoint file (default RUN_DIR/checkpoints/last.pt)")
+    x.add_argument("--no-bn-recalibrate", dest="bn_recalibrate", action="store_false",
+                   help="keep the encoder's BatchNorm statistics from training (default: re-estimate them on the "
+                        "run's clean training images, which the Mixer reads)")
+    x.add_argument("--bn-batches", type=int, default=100,
+                   help="at most this many batches (of the run's batch size) for the recalibration (default 100)")
     x.set_defaults(fn=_cmd_export_mixer)
 
     xb = sub.add_parser("export-backbone", help="save a run's encoder (classifier dropped) as .safetensors")

@@ -16,6 +16,10 @@ from .base import split_batch
 DIAGNOSTIC_LAMS = (0.1, 0.3, 0.5, 0.7, 0.9)
 #: what :func:`generator_diagnostics` returns (``metrics.jsonl`` keys)
 DIAGNOSTIC_KEYS = ("mask_mu_err", "mask_std", "mask_self_attn", "mask_partner_sens")
+#: their plot labels (``RUN_DIR/curves_masks.png``)
+DIAGNOSTIC_LABELS = {"mask_mu_err": "|mask mean - lambda|", "mask_std": "within-mask std (0 = flat)",
+                     "mask_self_attn": "self-attention weight (identity = 1)",
+                     "mask_partner_sens": "partner sensitivity (0 = blind)"}
 
 
 def first_test_images(ctx, n: int = 64) -> Tensor:

@@ -112,9 +112,17 @@ def evaluate_run(run_dir: str | Path, corruptions: bool = False, corruption_subs
     return res
 
 
+def show_run_diagnostics(run_dir: str | Path, out_dir: Optional[str | Path] = None) -> Optional[str]:
+    """``curves_masks.png`` (in ``out_dir``, default the run directory) from the run's ``metrics.jsonl``:
+    the learned-mask diagnostics over the epochs; ``None`` when the run logged none (no learned masks)."""
+    rows = RunDir(Path(run_dir)).read_metrics()
+    path = RunDir(Path(out_dir) if out_dir else Path(run_dir)).plot_mask_diagnostics(rows)
+    return str(path) if path else None
+
+
 def show_run(run_dir: str | Path, out: Optional[str] = None) -> str:
     """Learned masks and mixed samples of a run (algorithms that learn masks) on a fixed test batch; the
-    mixing grid of the static policies otherwise."""
+    mixing grid of the static policies otherwise. (:func:`show_run_diagnostics` draws the mask numbers.)"""
     cfg, info, algo, test_loader = load_run(run_dir)
     images = split_batch(next(iter(test_loader)))[0][: int(cfg.viz.pairs) * 2]  # test batches: one view
     rd = RunDir(Path(out).parent if out else Path(run_dir))

@@ -179,6 +179,21 @@ class RunDir:
         if series:
             plot_curves(self.path / "curves.png", series, xlabel="epoch", ylabel="accuracy (%)",
                         title=f"{name}: accuracy", x=epochs)
+        self.plot_mask_diagnostics(rows)
+
+    def plot_mask_diagnostics(self, rows: List[dict]) -> Optional[Path]:
+        """``RUN_DIR/curves_masks.png``: the learned-mask diagnostics of ``metrics.jsonl``
+        (:data:`samix.algorithms.masks.DIAGNOSTIC_KEYS`) over the epochs; ``None`` when no row has one."""
+        from samix.algorithms.masks import DIAGNOSTIC_KEYS, DIAGNOSTIC_LABELS
+
+        present = [k for k in DIAGNOSTIC_KEYS if any(r.get(k) is not None for r in rows)]
+        if not self.enabled or not present:
+            return None
+        from samix.viz import plot_curves
+
+        series = {DIAGNOSTIC_LABELS[k]: [float("nan") if r.get(k) is None else r[k] for r in rows] for k in present}
+        return plot_curves(self.path / "curves_masks.png", series, xlabel="epoch", ylabel="value (0..1)",
+                           title=f"{self.path.name}: learned-mask diagnostics", x=[r["epoch"] for r in rows])
 
     def save_masks(self, algo, images, epoch: int, title: str) -> Optional[str]:
         """``RUN_DIR/masks/masks_epoch{epoch:04d}.png`` from ``algo.masks_for`` (None: no masks learned)."""
