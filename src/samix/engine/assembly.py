@@ -83,15 +83,51 @@ def _subset(dataset, key: str, n: int, seed: int):
         raise ConfigError(f"{key}={n}: {e}") from None
 
 
+#: the seed of the validation images (``data.val_subset``): fixed, so that every seed and every method of a
+#: search is scored on the same images
+VAL_SEED = 20_261_207
+
+
+def split_validation(cfg: DictConfig, raw_train):
+    """``(training pool, validation images or None)``: with ``data.val_subset = N``, N stratified images of the
+    training split (seeded by :data:`VAL_SEED`, the same for every run) are held out for validation and the
+    rest is the pool that ``data.train_subset`` draws from; without it, the whole split and ``None``."""
+    n_val = cfg.data.get("val_subset")
+    if not n_val:
+        return raw_train, None
+    n_val = int(n_val)
+    if n_val >= len(raw_train):
+        raise ConfigError(f"data.val_subset={n_val} leaves no training images: the training split of "
+                          f"{cfg.data.name!r} has {len(raw_train)}; choose fewer")
+    val = _subset(raw_train, "data.val_subset", n_val, VAL_SEED)
+    held = np.zeros(len(raw_train), dtype=bool)
+    held[np.asarray(val.indices)] = True
+    return torch.utils.data.Subset(raw_train, np.flatnonzero(~held).tolist()), val
+
+
+def _training_images(cfg: DictConfig, raw_train):
+    """``(training images, validation images or None)`` of a run: :func:`split_validation`, then the stratified
+    ``data.train_subset`` (seeded by ``seed``) of the pool."""
+    pool, val = split_validation(cfg, raw_train)
+    if cfg.data.train_subset:
+        pool = _subset(pool, "data.train_subset", int(cfg.data.train_subset), int(cfg.seed))
+    return pool, val
+
+
 def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
     info = dataset_info(cfg.data.name)
     train_tf, test_tf = _transforms(cfg, info)
     raw_train = build_dataset(cfg.data.name, cfg.data.root, train=True, transform=None,
                                            split=cfg.data.get("train_split"))
-    test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
-    if cfg.data.train_subset:
-        raw_train = _subset(raw_train, "data.train_subset", int(cfg.data.train_subset), int(cfg.seed))
+    raw_train, val_set = _training_images(cfg, raw_train)
+    if val_set is not None:  # a validation run: evaluated on held-out training images, the test set unread
+        test_set = TransformedDataset(val_set, test_tf)
+    else:
+        test_set = build_dataset(cfg.data.name, cfg.data.root, train=False, transform=test_tf)
     if cfg.data.test_subset:
+        if val_set is not None:
+            raise ConfigError("data.test_subset and data.val_subset are both set: a validation run evaluates "
+                              "on the data.val_subset images and never reads the test set; drop data.test_subset")
         test_set = _subset(test_set, "data.test_subset", int(cfg.data.test_subset), 0)
     algo_cls = get_algorithm_class(cfg.algorithm.name)
     train_set = algo_cls.wrap_dataset(raw_train, train_tf, section_options(cfg.algorithm))
@@ -135,12 +171,14 @@ def build_data(cfg: DictConfig, rank: int, world: int) -> RunData:
 
 def labeled_train_set(cfg: DictConfig, subset: Optional[int] = None):
     """The labeled training images of a run, untransformed: ``data.probe_split`` (default: the training
-    split, ``data.train_split``), restricted to ``subset`` images, else ``data.probe_subset``, else (on the
+    split, ``data.train_split``, less the ``data.val_subset`` images), restricted to ``subset`` images, else ``data.probe_subset``, else (on the
     training split) ``data.train_subset`` -- stratified and seeded by ``seed``, so that it is the same set
     the kNN monitor used during training and the linear probe uses after it."""
     split = cfg.data.get("probe_split")
     full = build_dataset(cfg.data.name, cfg.data.root, transform=None,
                          split=split if split else cfg.data.get("train_split"))
+    if not split:  # the validation images (data.val_subset) are never labeled training images
+        full = split_validation(cfg, full)[0]
     n = subset or cfg.data.get("probe_subset") or (None if split else cfg.data.train_subset)
     if subset is not None and not 1 <= int(subset) <= len(full):
         raise ConfigError(f"train_subset must be in [1, {len(full)}] (the labeled training images of "

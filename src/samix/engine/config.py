@@ -48,6 +48,9 @@ DEFAULTS = {
         "padding": None,
         "train_subset": None,  # stratified subset size of the training set (low-data regime)
         "test_subset": None,
+        # N stratified training images held out (the same for every seed) and evaluated instead of the test
+        # set: the split on which alpha and recipes are chosen (the test set only for the final table)
+        "val_subset": None,
         # the split trained on (default: the dataset's training split), e.g. stl10 "train+unlabeled"
         "train_split": None,
         # labeled images for the kNN monitor and the linear probe of self-supervised runs: a split (default:
@@ -194,7 +197,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Iterable[str] = ()
 #: integer keys and their minimum (``None`` allowed where the default is ``None``)
 INT_KEYS = {"log_interval": 1, "eval_interval": 1, "num_workers": 0, "threads": 1, "eval.ece_bins": 1,
             "eval.median_last": 1, "eval.corruption_subset": 1, "viz.every": 0, "viz.pairs": 1,
-            "data.train_subset": 1, "data.test_subset": 1, "data.probe_subset": 1, "data.padding": 0}
+            "data.train_subset": 1, "data.test_subset": 1, "data.val_subset": 1, "data.probe_subset": 1, "data.padding": 0}
 #: number keys: (low, low_open, high)
 NUMBER_KEYS = {"optim.lr": (0.0, True, None), "optim.momentum": (0.0, False, 1.0), "optim.weight_decay": (0.0, False, None),
                "optim.grad_clip": (0.0, True, None), "sched.warmup_epochs": (0.0, False, None),

@@ -159,7 +159,8 @@ def _train(cfg: DictConfig, di: D.DistInfo) -> Dict[str, Any]:
                       memory_loader=data.memory_loader)
     n_params = sum(p.numel() for p in algo.eval_model().parameters())
     log.info(f"{cfg.algorithm.name} | model {cfg.model.name} ({n_params / 1e6:.2f}M params) | mixer "
-             f"{cfg.mixer.name} | data {cfg.data.name} ({len(data.train_loader.dataset)} train) | {iters} it/epoch | "
+             f"{cfg.mixer.name} | data {cfg.data.name} ({len(data.train_loader.dataset)} train, "
+             f"{_eval_split(cfg)} {len(data.test_loader.dataset)}) | {iters} it/epoch | "
              f"{di.world_size} process(es) on {device}")
 
     # ---- the epochs
@@ -253,9 +254,15 @@ def finish(cfg, algo, ctx: EvalContext, rows, di, run: RunDir) -> Dict[str, Any]
         summary["knn_top1"] = ev["knn_top1"]
     if "top5" in ev:
         summary["top5_last"] = ev["top5"]
-    summary.update({"median_window": n_med, "ece": None if ece is None else float(ece), "epochs": len(rows),
+    summary.update({"eval_split": _eval_split(cfg), "median_window": n_med,
+                    "ece": None if ece is None else float(ece), "epochs": len(rows),
                     "sec_per_iter": statistics.median(spi) if spi else None, "world_size": di.world_size})
     run.write_summary(summary)
     if di.is_main:
         log.info("summary: " + json.dumps(summary))
     return summary
+
+
+def _eval_split(cfg) -> str:
+    """``"val"`` for a validation run (``data.val_subset``: held-out training images), else ``"test"``."""
+    return "val" if cfg.data.get("val_subset") else "test"
