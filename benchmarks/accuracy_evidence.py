@@ -69,7 +69,10 @@ def _train(method: str, seed: int, args, wait_for=None) -> Dict:
     cmd = [sys.executable, "-m", "samix.cli", "train", str(ROOT / "configs" / "fashion_mnist" / f"{method}.yaml"),
            f"seed={seed}", f"epochs={args.epochs}", f"out_dir={d}", f"name={method}_seed{seed}",
            f"threads={args.threads}", "resume=true", f"eval_interval={args.eval_interval}", "log_interval=100000",
-           f"data.root={args.data_root}"]
+           f"data.root={args.data_root}"] + list(args.override)
+    chosen = args.alphas.get(method)
+    if chosen is not None:  # alpha chosen on the validation split (alpha_search.py)
+        cmd.append(f"{chosen['key']}={chosen['alpha']}")
     if method == "samix_p":
         source = run_dir(args.out, "samix", seed)
         mixer_file = source / "mixer.safetensors"
@@ -195,7 +198,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--data-root", default="data")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "evidence")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--alphas-from", type=Path, default=None,
+                   help="alpha_search.json: train each method with the alpha chosen on the validation split")
+    p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. sched.min_lr=0.05 (use another --out)")
     args = p.parse_args(argv)
+    args.alphas = {}
+    if args.alphas_from is not None:
+        if not args.alphas_from.is_file():
+            p.error(f"--alphas-from: no file {args.alphas_from} (run benchmarks/alpha_search.py first)")
+        args.alphas = json.loads(args.alphas_from.read_text()).get("chosen", {})
+    bad = [o for o in args.override if "=" not in o]
+    if bad:
+        p.error(f"--override takes KEY=VALUE pairs, got {bad[0]!r}")
     groups, current = [], []
     for m in args.methods + ["/"]:
         if m == "/":

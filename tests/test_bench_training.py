@@ -214,3 +214,30 @@ def test_ssl_cost_script_times_moco_against_the_supervised_step(tmp_path):
     assert rows["moco+mixup"]["peak_mib"] >= rows["moco"]["peak_mib"]
     with pytest.raises(SystemExit):
         ssl_cost.parse_args(["--queue", "10", "--batch", "4"])
+
+
+def test_alpha_search_picks_the_best_validation_alpha_and_refuses_test_scored_runs(tmp_path):
+    search = _load("alpha_search")
+
+    def fake(method, alpha, top1, split="val"):
+        d = search.run_dir(tmp_path, method, alpha)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"epochs": 4, "top1_median_last5": top1, "eval_split": split}))
+
+    for a, t in ((0.2, 80.0), (1.0, 82.5), (2.0, 81.0)):
+        fake("mixup", a, t)
+    fake("cutmix", 0.2, 90.0)  # one alpha missing: no choice yet
+    fake("vanilla", None, 79.0)
+    args = type("A", (), {"out": tmp_path, "epochs": 4, "seed": 0, "val": 100})()
+    plan = {"vanilla": (None, [None]), "mixup": ("mixer.alpha", [0.2, 1.0, 2.0]),
+            "cutmix": ("mixer.alpha", [0.2, 1.0, 2.0])}
+    res = search.collect(args, plan)
+    assert res["chosen"] == {"mixup": {"key": "mixer.alpha", "alpha": 1.0, "val_top1": 82.5}}
+    assert res["table"]["vanilla"] == {"none": 79.0} and res["table"]["cutmix"] == {"0.2": 90.0}
+    md = search.markdown(res, [0.2, 1.0, 2.0])
+    assert "**82.50**" in md and "79.00 (no alpha)" in md
+    fake("fmix", 1.0, 85.0, split="test")
+    with pytest.raises(RuntimeError, match="not evaluated on the validation split"):
+        search.collect(args, {"fmix": ("mixer.alpha", [1.0])})
+    assert search.alpha_key("vanilla") is None and search.alpha_key("automix") == "algorithm.alpha"
+    assert search.alpha_key("cutmix") == "mixer.alpha"
