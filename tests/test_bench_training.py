@@ -241,3 +241,27 @@ def test_alpha_search_picks_the_best_validation_alpha_and_refuses_test_scored_ru
         search.collect(args, {"fmix": ("mixer.alpha", [1.0])})
     assert search.alpha_key("vanilla") is None and search.alpha_key("automix") == "algorithm.alpha"
     assert search.alpha_key("cutmix") == "mixer.alpha"
+
+
+def test_compare_baseline_column_is_the_gain_and_time_ratio_and_figures_are_listed(tmp_path, capsys):
+    from samix.cli import compare_table, main
+
+    for name, top1, spi in (("vanilla", 87.5, 0.25), ("cutmix", 89.0, 0.26), ("samix", 88.75, 0.625)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"name": name, "top1_median_last5": top1, "sec_per_iter": spi,
+                                                    "median_window": 5, "top1_median_last10": top1}))
+    (tmp_path / "samix" / "curves_masks.png").write_bytes(b"\x89PNG")
+    (tmp_path / "samix" / "masks").mkdir()
+    for e in (10, 80):
+        (tmp_path / "samix" / "masks" / f"masks_epoch{e:04d}.png").write_bytes(b"\x89PNG")
+    dirs = [str(tmp_path / n) for n in ("vanilla", "cutmix", "samix")]
+    table = compare_table(dirs, baseline="vanilla", pngs=True)
+    rows = {ln.split()[0]: ln.split() for ln in table.splitlines() if ln.split() and ln.split()[0] in
+            ("vanilla", "cutmix", "samix")}
+    assert rows["cutmix"][-2:] == ["+1.50", "1.04x"] and rows["samix"][-2:] == ["+1.25", "2.50x"]
+    assert rows["vanilla"][-2:] == ["+0.00", "1.00x"]
+    assert f"samix: {tmp_path / 'samix' / 'curves_masks.png'}, {tmp_path / 'samix/masks/masks_epoch0080.png'}" in table
+    assert compare_table(dirs, baseline=str(tmp_path / "cutmix")).count("-1.50") == 1
+    assert main(["compare", *dirs, "--baseline", "mixup"]) == 2
+    assert "--baseline 'mixup' is none of the runs compared" in capsys.readouterr().err

@@ -109,8 +109,9 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def compare_table(run_dirs: List[str]) -> str:
-    """A plain-text table of the runs' summary.json files."""
+def compare_table(run_dirs: List[str], baseline: Optional[str] = None, pngs: bool = False) -> str:
+    """A plain-text table of the runs' summary.json files. ``baseline`` (a run's name or directory) adds the
+    top-1 gain over it and the time per iteration relative to it; ``pngs`` lists each run's figures."""
     rows = []
     for d in run_dirs:
         p = Path(d) / "summary.json"
@@ -124,17 +125,46 @@ def compare_table(run_dirs: List[str]) -> str:
         med_txt = f"{med:.2f} ({window})" if isinstance(med, (int, float)) and window else _fmt(med, '.2f').strip()
         rows.append((s.get("name") or Path(d).name, s.get("top1_median_last5"), med_txt,
                      s.get("top1_best"), s.get("ece"), s.get("sec_per_iter")))
+    base = None
+    if baseline is not None:
+        names = [r[0] for r in rows]
+        dirs = [str(Path(d)) for d in run_dirs]
+        k = names.index(baseline) if baseline in names else dirs.index(str(Path(baseline))) \
+            if str(Path(baseline)) in dirs else None
+        if k is None:
+            raise ValueError(f"--baseline {baseline!r} is none of the runs compared ({', '.join(names)}): give the "
+                             f"name or the directory of one of them")
+        base = rows[k]
     head = f"{'run':<24} {'top1 med5':>9} {'top1 med(N)':>12} {'top1 best':>9} {'ECE %':>7} {'s/iter':>8}"
+    if base is not None:
+        head += f" {'vs ' + base[0][:10]:>14} {'time x':>7}"
     lines = [head, "-" * len(head)]
     for name, m5, med_txt, best, ece, spi in rows:
-        lines.append(f"{name:<24} {_fmt(m5, '9.2f')} {med_txt:>12} {_fmt(best, '9.2f')} "
-                     f"{_fmt(ece, '7.2f')} {_fmt(spi, '8.4f')}")
+        line = (f"{name:<24} {_fmt(m5, '9.2f')} {med_txt:>12} {_fmt(best, '9.2f')} "
+                f"{_fmt(ece, '7.2f')} {_fmt(spi, '8.4f')}")
+        if base is not None:
+            gain = m5 - base[1] if isinstance(m5, (int, float)) and isinstance(base[1], (int, float)) else None
+            ratio = spi / base[5] if isinstance(spi, (int, float)) and isinstance(base[5], (int, float)) and base[5] \
+                else None
+            line += f" {_fmt(gain, '+14.2f')} {_fmt(ratio, '6.2f')}{'x' if ratio is not None else ' '}"
+        lines.append(line)
     lines.append("med(N): median top-1 of the last N epochs (eval.median_last; the papers use N = 10)")
+    if base is not None:
+        lines.append(f"vs {base[0]}: top-1 med5 minus {base[0]}'s; time x: seconds per iteration / {base[0]}'s")
+    if pngs:
+        lines.append("figures:")
+        for d, (name, *_) in zip(run_dirs, rows):
+            figs = [str(Path(d) / f) for f in ("curves.png", "curves_masks.png", "reliability.png")
+                    if (Path(d) / f).is_file()]
+            masks = sorted((Path(d) / "masks").glob("masks_epoch*.png"))
+            if masks:
+                figs.append(str(masks[-1]))
+            lines.append(f"  {name}: {', '.join(figs) if figs else '(none)'}")
     return "\n".join(lines)
 
 
 def _cmd_compare(args) -> int:
-    print(compare_table(args.run_dirs))
+    print(compare_table(args.run_dirs, baseline=args.baseline, pngs=args.pngs))
     return 0
 
 
@@ -227,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="table of several runs' summary.json")
     c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--baseline", default=None, help="a run's name or directory: add the top-1 gain over it and the "
+                                                    "time per iteration relative to it")
+    c.add_argument("--pngs", action="store_true", help="list each run's figures (curves, masks, reliability)")
     c.set_defaults(fn=_cmd_compare)
 
     ls = sub.add_parser("list", help="list mixers, models, datasets, algorithms and losses")
