@@ -29,9 +29,12 @@ class TwoViewDataset(Dataset):
         transform_q: transform of the query view.
         transform_k: transform of the key view; ``None``: the same transform as the
             query view (a second, independent random draw).
+        with_index: items are ``((view_q, view_k), label, i)``: the item's index rides along, for methods
+            that keep a memory per image (SAMix-C's online clustering).
     """
 
-    def __init__(self, dataset, transform_q: Callable, transform_k: Optional[Callable] = None) -> None:
+    def __init__(self, dataset, transform_q: Callable, transform_k: Optional[Callable] = None,
+                 with_index: bool = False) -> None:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(f"dataset must be a map-style dataset (with __getitem__ and __len__), "
                             f"got {type(dataset).__name__}")
@@ -42,13 +45,15 @@ class TwoViewDataset(Dataset):
         self.dataset = dataset
         self.transform_q = transform_q
         self.transform_k = transform_q if transform_k is None else transform_k
+        self.with_index = bool(with_index)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         img, label = self.dataset[index]
-        return (self.transform_q(img), self.transform_k(img)), label
+        views = (self.transform_q(img), self.transform_k(img))
+        return (views, label, index) if self.with_index else (views, label)
 
     @property
     def targets(self) -> np.ndarray:

@@ -238,22 +238,33 @@ class SAMixI(MoCo):
             return False
         return not any(p.requires_grad for p in self.key_encoder.parameters())
 
+    def generation_loss(self, z_g: Tensor, targets: Tensor, index: Tensor, lam: Tensor,
+                        neg: Tensor) -> Dict[str, Tensor]:
+        """The Mixer's objective on the momentum encoder's embeddings ``z_g`` of its mixed sample:
+        SAMix-I's :func:`eta_balanced_instance_loss` (``{"loss", "bce", "nce"}``)."""
+        o = self.options
+        return eta_balanced_instance_loss(z_g, targets, index, lam, neg, eta=float(o["eta"]),
+                                          temperature=float(o["temperature"]))
+
     def generation_terms(self, x_q: Tensor, targets: Tensor, neg: Tensor, mask: Tensor, mask_raw: Tensor,
                          lam: Tensor, index: Tensor, early: bool) -> Dict[str, Tensor]:
         """The Mixer's losses on ``x_g = s_g x_q + (1 - s_g) x_q[idx_g]`` through the frozen momentum
         encoder: ``loss_gen`` (``l_eta``) and ``loss_mask`` (weighted), plus the two parts as logs."""
-        o = self.options
         x_g = mask_mix(x_q, index, mask)
-        parts = eta_balanced_instance_loss(self.key_encoder(x_g), targets, index, lam, neg, eta=float(o["eta"]),
-                                           temperature=float(o["temperature"]))
-        gen = parts["loss"]
+        parts = self.generation_loss(self.key_encoder(x_g), targets, index, lam, neg)
+        gen = parts.pop("loss")
         if early and gen.requires_grad:
             gen = early_backward.backward_now(gen, x_g)
-        terms = {"loss_gen": gen, "gen_bce": parts["bce"].detach(), "gen_nce": parts["nce"].detach()}
+        terms = {"loss_gen": gen, **{f"gen_{k}": v.detach() for k, v in parts.items()}}
         m = self.mask_terms(mask_raw, lam)
         if m is not None:
             terms["loss_mask"] = self.mask_loss_weight() * m
         return terms
+
+    def extra_terms(self, batch, keys: Tensor) -> Dict[str, Tensor]:
+        """Losses and logs a subclass adds to the step, given the batch and this step's keys (after the
+        Mixer's terms, before the queue update). SAMix-I: none."""
+        return {}
 
     # ------------------------------------------------------------------ the step
     def forward(self, batch) -> Dict[str, Tensor]:
@@ -290,6 +301,7 @@ class SAMixI(MoCo):
             gen_terms = self.generation_terms(x_q, targets, neg, gen.mask[b:], gen.mask_raw[b:], lam_g, index_g,
                                               False)
         out.update(gen_terms)
+        out.update(self.extra_terms(batch, k))
 
         out["loss"] = sum(v for name, v in out.items() if name.startswith("loss_"))
         with torch.no_grad():
