@@ -227,3 +227,39 @@ def test_cpu_recipe_clusters_after_each_epoch_and_resumes_exactly(tmp_path, monk
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert resumed["knn_top1"] == full["knn_top1"]
+
+
+def test_samix_cp_a_mixer_exported_from_samix_c_drives_moco_frozen(tmp_path):
+    """SAMix-CP (and -IP alike): ``samix export-mixer`` on an SSL run, then ``mixer.name=samix_p`` in a MoCo
+    config: the MoCo run trains on the frozen Mixer's masks and never changes it."""
+    from safetensors.torch import load_file
+
+    from samix.cli import main
+    from samix.engine import trainer
+
+    fm_root = make_fashion_mnist(tmp_path / "data", n_train=80, n_test=40)
+    tiny = [t for t in TINY if not t.startswith(("eval_interval", "viz.every", "epochs"))] + [
+        "epochs=2", "eval_interval=2", "viz.every=0", f"data.root={fm_root}"]
+    trainer.train(load_config(REPO / "configs/fashion_mnist/samix_c.yaml", tiny + [f"out_dir={tmp_path / 'c'}"]))
+    mixer = tmp_path / "c.safetensors"
+    assert main(["export-mixer", str(tmp_path / "c"), str(mixer)]) == 0
+    moco = [t for t in tiny if "num_clusters" not in t]
+    s = trainer.train(load_config(REPO / "configs/fashion_mnist/mocov2.yaml", moco + [
+        f"out_dir={tmp_path / 'cp'}", "mixer.name=samix_p", f"mixer.pretrained={mixer}"]))
+    assert 0 <= s["knn_top1"] <= 100
+    rows = [json.loads(x) for x in (tmp_path / "cp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_mix"] > 0 for r in rows)
+    from samix.engine.assembly import build_algorithm_from_config
+    from samix.data import dataset_info
+
+    cfg = load_config(tmp_path / "cp" / "config.yaml")
+    algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    frozen = algo.mixer.frozen
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trained = {id(p) for g in algo.param_groups() for p in g["params"]}
+    assert not trained & {id(p) for p in frozen.parameters()}
+    file = load_file(str(mixer))
+    gen = {k[len("generator."):]: v for k, v in file.items() if k.startswith("generator.")}
+    for k, v in frozen.generator.state_dict().items():
+        assert torch.equal(v, gen[k]), k
