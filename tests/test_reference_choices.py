@@ -249,3 +249,33 @@ def test_a_run_logs_the_mask_diagnostics_and_show_draws_them(tmp_path, capsys):
     train(load_config(None, tiny + [f"out_dir={tmp_path / 'va'}"]))
     assert not any(k in read_metrics(tmp_path / "va" / "metrics.jsonl")[-1] for k in DIAGNOSTIC_KEYS)
     assert not (tmp_path / "va" / "curves_masks.png").exists()
+
+
+@pytest.mark.parametrize("name", ["automix", "samix"])
+def test_freeze_mix_block_keeps_the_random_generator_and_still_trains_the_student(name):
+    """The ablation "a frozen random Mix Block": after optimizer steps the generator's weights are its
+    initial ones, the student's have moved; without the switch the generator moves too."""
+    moved = {}
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        m = build_model("convnet", num_classes=4, in_chans=1, width=0.25)
+        algo = build_algorithm(name, model=m, num_classes=4, generator=torch.Generator().manual_seed(1),
+                               freeze_mix_block=freeze)
+        gen0 = {k: v.clone() for k, v in algo.mix_block.state_dict().items() if v.is_floating_point()}
+        stu0 = [p.detach().clone() for p in algo.model.parameters()]
+        opt = torch.optim.SGD(algo.param_groups(), lr=0.1)
+        g = torch.Generator().manual_seed(0)
+        for step in range(3):
+            algo.set_progress(step, 10)
+            out = algo((torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g)))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            algo.on_train_step_end()
+        params = dict(algo.mix_block.named_parameters())
+        moved[freeze] = [k for k in params if not torch.equal(params[k].detach(), gen0[k])]
+        assert any(not torch.equal(p.detach(), q) for p, q in zip(algo.model.parameters(), stu0))
+    assert moved[True] == [] and len(moved[False]) > 0
+    with pytest.raises(TypeError, match="freeze_mix_block must be a bool"):
+        build_algorithm("automix", model=build_model("convnet", num_classes=4, in_chans=1, width=0.25),
+                        num_classes=4, freeze_mix_block="yes")

@@ -128,6 +128,9 @@ class AutoMix(Algorithm):
         mix_block_kwargs: extra keyword arguments of the generator class (e.g. ``attn_norm``).
         mask_loss_reduction: ``"batch"`` (the reference) or ``"sample"`` hinge (module docstring).
         lam_concat: the Mix Block concatenates lambda (True; False on small data sets, as the reference).
+        freeze_mix_block: the ablation "a frozen random Mix Block" (False): the generator keeps its
+            initial weights (its BatchNorm still tracks running statistics), the generation loss is still
+            computed and logged but trains nothing: what the learned masks add over random ones.
         mix_block_init: ``"reference"`` (N(0, 0.01)) or ``"default"`` (PyTorch's) generator init.
     """
 
@@ -153,6 +156,7 @@ class AutoMix(Algorithm):
         "mix_block_kwargs": {},
         "mask_loss_reduction": "batch",
         "lam_concat": True,
+        "freeze_mix_block": False,
         "mix_block_init": "reference",
     }
 
@@ -171,6 +175,9 @@ class AutoMix(Algorithm):
         if stage > len(channels):
             raise ValueError(f"algorithm option stage must be in [1, {len(channels)}] for this model, got {stage}")
         self.mix_block = self.build_generator(int(channels[stage - 1]))
+        _check_bool("freeze_mix_block", o["freeze_mix_block"])
+        if o["freeze_mix_block"]:
+            self.mix_block.requires_grad_(False)
         self.ema = MomentumUpdater(o["momentum"], o["momentum_end"], o["momentum_warmup"])
         self.teacher = self.ema.make_teacher(model) if o["momentum_pipeline"] else None
 
