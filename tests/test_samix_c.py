@@ -263,3 +263,42 @@ def test_samix_cp_a_mixer_exported_from_samix_c_drives_moco_frozen(tmp_path):
     gen = {k[len("generator."):]: v for k, v in file.items() if k.startswith("generator.")}
     for k, v in frozen.generator.state_dict().items():
         assert torch.equal(v, gen[k]), k
+
+
+def test_odc_memory_under_ddp_is_the_same_on_every_process(tmp_path):
+    """2 gloo processes, each updating the memory with its own images: after the all-gathered updates and a
+    re-clustering every process holds the same features, labels and centroids, covering both shards."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_odc.py"
+    script.write_text(f"""
+import json, torch, torch.distributed as dist
+from samix.algorithms.ssl.odc import ODCMemory
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+mem = ODCMemory(3, 4)
+g = torch.Generator().manual_seed(100 + rank)
+for step in range(3):
+    idx = torch.arange(6) * 2 + rank          # rank 0: even images, rank 1: odd ones
+    mem.update(idx, torch.randn(6, 4, generator=g))
+mem.recluster(epoch=1)
+mem.update(torch.tensor([rank]), torch.randn(1, 4, generator=g))
+out = {{}}
+for name in ("features", "labels", "centroids", "seen"):
+    t = getattr(mem, name)
+    parts = [torch.empty_like(t) for _ in range(2)]
+    dist.all_gather(parts, t)
+    out[name] = bool(torch.equal(parts[0], parts[1]))
+out["n"] = int(mem.seen.sum())
+json.dump(out, open({str(tmp_path)!r} + f"/r{{rank}}.json", "w"))
+dist.destroy_process_group()
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for i in range(2):
+        res = json.loads((tmp_path / f"r{i}.json").read_text())
+        assert res == {"features": True, "labels": True, "centroids": True, "seen": True, "n": 12}, res
