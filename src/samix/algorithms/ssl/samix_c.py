@@ -60,15 +60,15 @@ def image_indices(batch) -> Tensor:
 class SAMixC(SAMixI):
     """SAMix-C: SAMix-I with the Mixer trained on ODC pseudo labels (module docstring).
 
-    Options: those of :class:`~samix.algorithms.ssl.samix_i.SAMixI` plus ``num_clusters`` (C, 100),
-    ``gen_loss`` (``"pl_eta"``), ``cluster_weight`` (1.0, the head's CE), ``odc_momentum`` (0.5),
+    Options: those of :class:`~samix.algorithms.ssl.samix_i.SAMixI` plus ``num_clusters`` (C, 200: samix.txt
+    Sec. 4.3 (iv)), ``gen_loss`` (``"pl_eta"``), ``cluster_weight`` (1.0, the head's CE), ``odc_momentum`` (0.5),
     ``kmeans_iters`` (10), ``min_cluster_size`` (2), ``cluster_seed`` (0: the k-means draws, the same on
     every process).
     """
 
     DEFAULTS: Dict[str, Any] = {
         **SAMixI.DEFAULTS,
-        "num_clusters": 100,
+        "num_clusters": 200,
         "gen_loss": "pl_eta",
         "cluster_weight": 1.0,
         "odc_momentum": 0.5,
