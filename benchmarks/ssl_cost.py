@@ -47,7 +47,7 @@ SAMIX_I = ["algorithm.name=samix_i", "algorithm.alpha=2.0", "algorithm.stage=3",
            "algorithm.mask_loss=l1", "algorithm.mask_loss_weight=0.1", "algorithm.mask_loss_weight_end=0.0",
            "algorithm.mask_margin=0.1", "algorithm.variance_loss=true", "algorithm.mixup_fallback=0.08",
            "algorithm.lam_adjust_prob=0.25", "algorithm.gamma_init=1.0"]
-SAMIX_C = SAMIX_I[1:] + ["algorithm.name=samix_c", "algorithm.num_clusters=20"]
+SAMIX_C = SAMIX_I[1:] + ["algorithm.name=samix_c"]
 
 
 def candidate_overrides(name: str, args, pretrained=None) -> list:
@@ -57,8 +57,8 @@ def candidate_overrides(name: str, args, pretrained=None) -> list:
     ov += [f"algorithm.queue_size={args.queue}"]
     if name == "samix_i":
         return ov + SAMIX_I
-    if name == "samix_c":
-        return ov + SAMIX_C
+    if name == "samix_c":  # C 20 as samix_c.yaml; fewer for a batch too small to hold 20 clusters
+        return ov + SAMIX_C + [f"algorithm.num_clusters={max(2, min(20, args.batch // 2))}"]
     ov += ["algorithm.name=moco"]
     if name == "samix_ip":
         # the file's input contract is checked against the dataset's: the recipe's grayscale dataset at 1 channel
@@ -80,7 +80,8 @@ def build(name: str, args, device, pretrained=None):
     if name == "samix_c":  # fill the memory, cluster it: the timed steps run the pseudo-label objective
         step()
         algo.on_epoch_end(0)
-        assert algo.memory.is_clustered
+        if not algo.memory.is_clustered:
+            raise SystemExit(f"samix_c: the ODC memory did not cluster on a batch of {args.batch}; use --batch >= 4")
     return step
 
 

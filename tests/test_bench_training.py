@@ -205,7 +205,7 @@ def test_ssl_cost_script_times_moco_against_the_supervised_step(tmp_path):
     ssl_cost = _load("ssl_cost")
     out = tmp_path / "s.json"
     assert ssl_cost.main(["--model", "convnet", "--batch", "4", "--queue", "8", "--repeats", "2", "--warmup", "0",
-                          "--threads", "1", "--policies", "mixup", "--json", str(out)]) == 0
+                          "--threads", "1", "--policies", "mixup", "--learnable", "--json", str(out)]) == 0
     rows = {r["candidate"]: r for r in json.loads(out.read_text())["rows"]}
     assert list(rows) == ["supervised", "moco", "moco+mixup"]
     assert rows["supervised"]["x_supervised"] == 1.0 and rows["moco"]["x_moco"] == 1.0
@@ -214,6 +214,18 @@ def test_ssl_cost_script_times_moco_against_the_supervised_step(tmp_path):
     assert rows["moco+mixup"]["peak_mib"] >= rows["moco"]["peak_mib"]
     with pytest.raises(SystemExit):
         ssl_cost.parse_args(["--queue", "10", "--batch", "4"])
+
+
+def test_ssl_cost_script_times_the_learnable_ssl_steps(tmp_path):
+    ssl_cost = _load("ssl_cost")
+    out = tmp_path / "s.json"
+    assert ssl_cost.main(["--model", "convnet", "--batch", "4", "--queue", "8", "--repeats", "2", "--warmup", "0",
+                          "--threads", "1", "--policies", "mixup", "--json", str(out)]) == 0
+    rows = {r["candidate"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["supervised", "moco", "moco+mixup", "samix_i", "samix_c", "samix_ip"]
+    # the Mixer and its own pass through the momentum encoder: more memory than MoCo + a static mixup
+    assert rows["samix_i"]["peak_mib"] > rows["moco+mixup"]["peak_mib"]
+    assert all(r["x_moco"] > 0 for r in rows.values())
 
 
 def test_alpha_search_picks_the_best_validation_alpha_and_refuses_test_scored_runs(tmp_path):

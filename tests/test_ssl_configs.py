@@ -45,6 +45,11 @@ for _s in ("samix_i", "samix_c"):
     for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
         EXPECTED[f"ssl_imagenet/{_s}_{_bb}.yaml"] = ("imagenet", _s, _model, _ep)
 
+# the cluster-based baseline of Table 5 (samix.txt A.5.2 (a)), STL-10 only
+for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
+    for _ep in (400, 800):
+        EXPECTED[f"stl10/interintra_{_bb}_ep{_ep}.yaml"] = ("stl10", "interintra", _model, _ep)
+
 QUEUE = {"stl10": 16384, "tiny_imagenet": 16384, "imagenet": 65536}
 SIZE = {"stl10": 96, "tiny_imagenet": 96, "imagenet": 224}
 FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
@@ -53,7 +58,7 @@ FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
 def test_the_rows_are_exactly_the_cells_of_tables_5_and_6():
     found = {f"{d}/{p.name}" for d in FOLDERS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_")}
     assert found == set(EXPECTED), (sorted(found - set(EXPECTED)), sorted(set(EXPECTED) - found))
-    assert len(EXPECTED) == 28 + 16 + 8 + 8
+    assert len(EXPECTED) == 28 + 16 + 8 + 8 + 4
     for d in FOLDERS:
         assert (CONFIGS / d / "_base.yaml").is_file()
 
@@ -64,7 +69,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     cfg = load_config(CONFIGS / rel)
     a, o = cfg.algorithm, cfg.optim
     assert (cfg.data.name, cfg.model.name, cfg.epochs) == (dataset, model, epochs)
-    assert a.name == (method if method in ("samix_i", "samix_c") else "moco") and a.queue_size == QUEUE[dataset]
+    assert a.name == (method if method in ("samix_i", "samix_c", "interintra") else "moco") and a.queue_size == QUEUE[dataset]
     assert (a.temperature, a.momentum, a.dim, a.hidden_dim, a.mlp, a.cross_view) == (0.2, 0.999, 128, 2048, True, True)
     assert a.get("momentum_end") is None and a.get("knn_k", 200) == 200 and a.get("knn_t", 0.1) == 0.1
     assert (o.name, o.lr, o.momentum, o.weight_decay, cfg.batch_size) == ("sgd", 0.03, 0.9, 1e-4, 256)
@@ -77,11 +82,14 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
         assert dataset_info("stl10").test_split == "test"
     else:
         assert cfg.data.train_split is None
-    if method == "samix_c":
+    if method in ("samix_c", "interintra"):
         assert a.num_clusters == 200  # samix.txt Sec. 4.3 (iv): C = 200
     if method in ("samix_i", "samix_c"):
         assert cfg.mixer.name == "none" and (a.alpha, a.stage) == (2.0, 3)
         assert a.eta == (0.1 if dataset == "imagenet" else 0.5)
+    elif method == "interintra":  # A.5.2 (a): CutMix alpha >= 2 between clusters, Mixup alpha 0.2 within
+        assert cfg.mixer.name == "none" and (a.inter, a.intra, a.intra_alpha) == ("cutmix", "mixup", 0.2)
+        assert a.inter_alpha >= 2
     elif method == "vanilla":
         assert cfg.mixer.name == "none"
     else:
@@ -91,6 +99,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     head = (CONFIGS / rel).read_text().splitlines()[0]
     assert ("Table 5" if dataset == "stl10" else "Table 6") in head and "published linear top-1" in head
     assert ("SAMix-I" in head) == (method == "samix_i") and ("SAMix-C" in head) == (method == "samix_c")
+    assert ("Inter-Intra" in head) == (method == "interintra")
     assert cfg.name == {"stl10": "stl10", "tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset] + "_" + \
         Path(rel).stem
 

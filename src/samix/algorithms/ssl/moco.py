@@ -146,6 +146,11 @@ class MoCo(SSLAlgorithm):
         return k_all[inv].view(world, -1, k.shape[1])[rank]
 
     # ------------------------------------------------------------------ the step
+    def extra_terms(self, batch, keys: Tensor) -> Dict[str, Tensor]:
+        """Losses and logs a subclass adds to the step, given the batch and this step's keys (after the
+        mixed terms, before the queue update; e.g. a memory update, a cluster head's loss). MoCo: none."""
+        return {}
+
     def mixed_embeddings(self, x: Tensor, index: Tensor) -> Tuple[Tensor, Tensor]:
         """``(z_m, lam)``: the query encoder's embeddings of the policy's mix of ``x`` with partners
         ``index`` (a hidden map for policies that mix inside the model)."""
@@ -174,6 +179,7 @@ class MoCo(SSLAlgorithm):
             targets = k if o["cross_view"] else self.keys(x_q)
             out["loss_mix"] = float(o["mix_weight"]) * cross_view_mixup_infonce(
                 z_m, targets, index, lam, neg, temperature=t)
+        out.update(self.extra_terms(batch, k))
         out["loss"] = sum(v for name, v in out.items() if name.startswith("loss_"))
         if torch.is_grad_enabled():
             self.queue.enqueue(k)

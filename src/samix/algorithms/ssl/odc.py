@@ -17,17 +17,25 @@ lives in the checkpoint as buffers, the k-means is a deterministic function of t
 does not depend on the process (every process computes the same clusters), and a resumed run re-clusters
 exactly as an uninterrupted one. The memory is sized by the largest image index seen; a checkpoint's
 memory is restored at its own size.
+
+:class:`ODCPseudoLabels` gives an algorithm of the MoCo family the whole plumbing (options, the indexed
+dataset, the memory update from this step's keys, the re-clustering after each epoch, the batch's labels),
+so that SAMix-C and the Inter-Intra baseline differ only in what they do with the pseudo labels.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samix import _checks
+
 from .queue import all_gather_rows
+
+_WHAT = "algorithm option"
 
 
 class ODCMemory(nn.Module):
@@ -154,3 +162,67 @@ class ODCMemory(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_clusters={self.num_clusters}, dim={self.dim}, momentum={self.momentum}, "
                 f"entries={self.features.shape[0]}")
+
+
+def image_indices(batch) -> Tensor:
+    """The dataset indices of a ``((x_q, x_k), label, index)`` batch; a sentence when they are missing."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 3 and torch.is_tensor(batch[2]):
+        return batch[2]
+    raise TypeError("this algorithm keeps a memory per training image and needs batches of ((view_q, view_k), "
+                    "label, index) (samix.data.TwoViewDataset(..., with_index=True), which the algorithm's "
+                    "wrap_dataset builds)")
+
+
+class ODCPseudoLabels:
+    """Mixin (put it before the MoCo-family base class) for online pseudo labels from :class:`ODCMemory`.
+
+    Options (in ``ODC_DEFAULTS``): ``num_clusters`` (C, 200: samix.txt Sec. 4.3 (iv)), ``odc_momentum``
+    (0.5), ``kmeans_iters`` (10), ``min_cluster_size`` (2), ``cluster_seed`` (0: the k-means draws, the same
+    on every process). The host calls :meth:`init_pseudo_labels` with the embedding width, reads
+    :meth:`pseudo_labels` at the start of a step (``None`` until the first clustering, and for a batch with
+    an image first seen after it) and calls :meth:`update_memory` with this step's keys; the re-clustering
+    runs in :meth:`on_epoch_end`. No dataset label is read: the item index addresses the memory.
+    """
+
+    ODC_DEFAULTS: Dict[str, Any] = {
+        "num_clusters": 200,
+        "odc_momentum": 0.5,
+        "kmeans_iters": 10,
+        "min_cluster_size": 2,
+        "cluster_seed": 0,
+    }
+
+    @classmethod
+    def wrap_dataset(cls, dataset, transform, options):
+        from samix.data import TwoViewDataset
+
+        return TwoViewDataset(dataset, transform, with_index=True)
+
+    def init_pseudo_labels(self, dim: int) -> None:
+        o = self.options
+        _checks.check_int("num_clusters", o["num_clusters"], low=2, what=_WHAT, type_error=ValueError)
+        _checks.check_int("kmeans_iters", o["kmeans_iters"], low=1, what=_WHAT, type_error=ValueError)
+        _checks.check_int("min_cluster_size", o["min_cluster_size"], low=1, what=_WHAT, type_error=ValueError)
+        _checks.check_int("cluster_seed", o["cluster_seed"], low=0, what=_WHAT, type_error=ValueError)
+        self.memory = ODCMemory(int(o["num_clusters"]), int(dim), momentum=float(o["odc_momentum"]),
+                                kmeans_iters=int(o["kmeans_iters"]), min_cluster_size=int(o["min_cluster_size"]),
+                                seed=int(o["cluster_seed"]))
+
+    def pseudo_labels(self, batch) -> Optional[Tensor]:
+        """The batch's current pseudo labels ``[B]``, or ``None`` before the first clustering (or when an
+        image of the batch was first seen after it)."""
+        idx = image_indices(batch)
+        if not self.memory.is_clustered:
+            return None
+        pl = self.memory.labels_of(idx)
+        return pl.to(idx.device) if bool((pl >= 0).all()) else None
+
+    def update_memory(self, batch, keys: Tensor) -> None:
+        """Write this step's keys into the memory (training steps only; evaluation leaves it alone)."""
+        if torch.is_grad_enabled():
+            self.memory.update(image_indices(batch), keys)
+
+    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
+        logs = dict(super().on_epoch_end(epoch))
+        logs.update(self.memory.recluster(epoch))
+        return logs

@@ -37,64 +37,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samix import _checks
-from samix.data import TwoViewDataset
 from samix.losses import cross_view_mixup_infonce, eta_balanced_loss, mixed_cross_entropy
 
 from ..base import register_algorithm
-from .odc import ODCMemory
+from .odc import ODCPseudoLabels, image_indices  # noqa: F401  (image_indices: re-exported)
 from .samix_i import SAMixI
 
 _WHAT = "algorithm option"
 GEN_LOSSES = ("pl_eta", "pl_ce", "pl_ce_nce", "instance")
 
 
-def image_indices(batch) -> Tensor:
-    """The dataset indices of a ``((x_q, x_k), label, index)`` batch; a sentence when they are missing."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 3 and torch.is_tensor(batch[2]):
-        return batch[2]
-    raise TypeError("samix_c keeps a memory per training image and needs batches of ((view_q, view_k), label, "
-                    "index) (samix.data.TwoViewDataset(..., with_index=True), which SAMixC.wrap_dataset builds)")
-
-
 @register_algorithm("samix_c")
-class SAMixC(SAMixI):
+class SAMixC(ODCPseudoLabels, SAMixI):
     """SAMix-C: SAMix-I with the Mixer trained on ODC pseudo labels (module docstring).
 
-    Options: those of :class:`~samix.algorithms.ssl.samix_i.SAMixI` plus ``num_clusters`` (C, 200: samix.txt
-    Sec. 4.3 (iv)), ``gen_loss`` (``"pl_eta"``), ``cluster_weight`` (1.0, the head's CE), ``odc_momentum`` (0.5),
-    ``kmeans_iters`` (10), ``min_cluster_size`` (2), ``cluster_seed`` (0: the k-means draws, the same on
-    every process).
+    Options: those of :class:`~samix.algorithms.ssl.samix_i.SAMixI`, the ODC options of
+    :class:`~samix.algorithms.ssl.odc.ODCPseudoLabels` (``num_clusters`` 200, ``odc_momentum`` 0.5,
+    ``kmeans_iters`` 10, ``min_cluster_size`` 2, ``cluster_seed`` 0) plus ``gen_loss`` (``"pl_eta"``) and
+    ``cluster_weight`` (1.0, the head's CE).
     """
 
     DEFAULTS: Dict[str, Any] = {
         **SAMixI.DEFAULTS,
-        "num_clusters": 200,
+        **ODCPseudoLabels.ODC_DEFAULTS,
         "gen_loss": "pl_eta",
         "cluster_weight": 1.0,
-        "odc_momentum": 0.5,
-        "kmeans_iters": 10,
-        "min_cluster_size": 2,
-        "cluster_seed": 0,
     }
-
-    @classmethod
-    def wrap_dataset(cls, dataset, transform, options):
-        return TwoViewDataset(dataset, transform, with_index=True)
 
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, **kwargs) -> None:
         super().__init__(model, num_classes, mixer, **kwargs)
         o = self.options
-        _checks.check_int("num_clusters", o["num_clusters"], low=2, what=_WHAT, type_error=ValueError)
         _checks.check_choice("gen_loss", o["gen_loss"], GEN_LOSSES, what=_WHAT)
         _checks.check_number("cluster_weight", o["cluster_weight"], low=0.0, what=_WHAT, type_error=ValueError)
-        _checks.check_int("kmeans_iters", o["kmeans_iters"], low=1, what=_WHAT, type_error=ValueError)
-        _checks.check_int("min_cluster_size", o["min_cluster_size"], low=1, what=_WHAT, type_error=ValueError)
-        _checks.check_int("cluster_seed", o["cluster_seed"], low=0, what=_WHAT, type_error=ValueError)
         dim = int(o["dim"])
+        self.init_pseudo_labels(dim)
         self.cluster_head = nn.Linear(dim, int(o["num_clusters"]))
-        self.memory = ODCMemory(int(o["num_clusters"]), dim, momentum=float(o["odc_momentum"]),
-                                kmeans_iters=int(o["kmeans_iters"]), min_cluster_size=int(o["min_cluster_size"]),
-                                seed=int(o["cluster_seed"]))
         self._pseudo_labels = None
 
     # ------------------------------------------------------------------ the Mixer's objective
@@ -122,15 +99,12 @@ class SAMixC(SAMixI):
             out["loss_cluster"] = float(self.options["cluster_weight"]) * F.cross_entropy(logits, self._pseudo_labels)
         else:  # warm-up: the head takes part in the graph with weight 0 (DDP expects every parameter)
             out["loss_cluster"] = 0.0 * logits.sum()
-        if torch.is_grad_enabled():
-            self.memory.update(image_indices(batch), keys)
+        self.update_memory(batch, keys)
         return out
 
     def forward(self, batch) -> Dict[str, Tensor]:
-        idx = image_indices(batch)
-        pl = self.memory.labels_of(idx) if self.memory.is_clustered else None
-        # an image first seen after the clustering (not in the memory then) has no label yet: warm-up step
-        self._pseudo_labels = pl.to(idx.device) if pl is not None and bool((pl >= 0).all()) else None
+        # before the first clustering, or with an image first seen after it: a warm-up step
+        self._pseudo_labels = self.pseudo_labels(batch)
         try:
             return super().forward(batch)
         finally:
@@ -139,8 +113,3 @@ class SAMixC(SAMixI):
     def param_groups(self) -> List[Dict[str, Any]]:
         """SAMix-I's groups (encoder, Mixer) plus the cluster head (the engine's lr)."""
         return super().param_groups() + [{"params": list(self.cluster_head.parameters()), "name": "cluster_head"}]
-
-    def on_epoch_end(self, epoch: int) -> Dict[str, float]:
-        logs = dict(super().on_epoch_end(epoch))
-        logs.update(self.memory.recluster(epoch))
-        return logs

@@ -261,11 +261,6 @@ class SAMixI(MoCo):
             terms["loss_mask"] = self.mask_loss_weight() * m
         return terms
 
-    def extra_terms(self, batch, keys: Tensor) -> Dict[str, Tensor]:
-        """Losses and logs a subclass adds to the step, given the batch and this step's keys (after the
-        Mixer's terms, before the queue update). SAMix-I: none."""
-        return {}
-
     # ------------------------------------------------------------------ the step
     def forward(self, batch) -> Dict[str, Tensor]:
         x_q, x_k = two_views(batch)
