@@ -19,7 +19,7 @@ generator, because torch's Beta/Gamma samplers take no generator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,6 +96,11 @@ class Mixer:
     #: policies that transform the partner first (e.g. resizemix), where the
     #: identity holds only where ``mask == 1``.
     pixel_aligned: bool = True
+    #: What a policy reads from the online model besides the images (names of
+    #: :data:`samix.mixing.signals.SIGNALS`, e.g. ``("saliency",)`` for PuzzleMix). Such a policy takes
+    #: them as keyword arguments of :meth:`mix` (and of its ``_mix``); :meth:`mix_with_model` and
+    #: ``mixer(images, labels, model=model)`` compute them. Empty: the images are enough.
+    requires: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -158,14 +163,16 @@ class Mixer:
         return torch.rand(*shape, generator=self.generator, device=self._gen_device, dtype=torch.float64).cpu()
 
     # ------------------------------------------------------------------ public API
-    def mix(self, images: Tensor, index: Optional[Tensor] = None) -> MixResult:
+    def mix(self, images: Tensor, index: Optional[Tensor] = None, **signals: Tensor) -> MixResult:
         """Mix a batch of images. See the module docstring for the convention.
 
         ``index`` imposes the pairing (a long ``[B]`` tensor of partners, e.g. a derangement for
         self-supervised mixup, where a sample must never meet itself); by default the policy draws a
-        random permutation.
+        random permutation. ``signals``: what the policy ``requires`` from the model (e.g.
+        ``saliency=[B, H, W]``), nothing for the policies that read images only.
         """
         check_images(images)
+        self._check_signals(signals)
         channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
             and not images.is_contiguous()
         b = images.shape[0]
@@ -186,7 +193,7 @@ class Mixer:
             )
             return result
         lam = np.where(apply, lam, 1.0)
-        result = self._mix(images, index, lam)
+        result = self._mix(images, index, lam, **signals) if self.requires else self._mix(images, index, lam)
         if channels_last and not result.images.is_contiguous(memory_format=torch.channels_last):
             result.images = result.images.contiguous(memory_format=torch.channels_last)
         return result
@@ -197,13 +204,39 @@ class Mixer:
         ``lam`` is the realised share of the original (e.g. after box clipping)."""
         raise NotImplementedError
 
-    def __call__(self, images: Tensor, labels: Tensor):
-        """Mix ``images`` and return ``(mixed_images, targets)``; targets float ``[B, K]``, rows sum to 1."""
+    def _check_signals(self, signals) -> None:
+        missing = [n for n in self.requires if n not in signals]
+        extra = sorted(set(signals) - set(self.requires))
+        if extra:
+            raise TypeError(f"{self.name} reads no {', '.join(extra)} (it reads "
+                            f"{', '.join(self.requires) or 'the images only'})")
+        if missing:
+            raise TypeError(
+                f"{self.name} reads the model's {', '.join(missing)} besides the images: call "
+                f"mixer(images, labels, model=model) or mixer.mix_with_model(model, images, labels) (one extra "
+                f"forward + backward of the model, see samix.mixing.signals), or pass "
+                f"{', '.join(n + '=...' for n in missing)} to mixer.mix")
+
+    def mix_with_model(self, model, images: Tensor, labels: Tensor, index: Optional[Tensor] = None) -> MixResult:
+        """:meth:`mix`, with the signals the policy ``requires`` computed from ``model`` (a module mapping
+        images to logits) and ``labels`` first; the same as :meth:`mix` for a policy that needs none."""
+        if not self.requires:
+            return self.mix(images, index)
+        from .signals import compute_signals
+
+        return self.mix(images, index, **compute_signals(self.requires, model, images, labels))
+
+    def __call__(self, images: Tensor, labels: Tensor, model=None):
+        """Mix ``images`` and return ``(mixed_images, targets)``; targets float ``[B, K]``, rows sum to 1.
+
+        ``model``: the online network, for a policy that reads it (``requires``, e.g. PuzzleMix)."""
         from samix.targets import check_labels, mix_targets
 
         check_images(images)
         check_labels(labels, images.shape[0], self.num_classes)
-        result = self.mix(images)
+        if self.requires and model is None:
+            self._check_signals({})
+        result = self.mix_with_model(model, images, labels) if self.requires else self.mix(images)
         targets = mix_targets(labels, result, num_classes=self.num_classes,
                               label_smoothing=self.label_smoothing, dtype=torch.float32)
         return result.images, targets

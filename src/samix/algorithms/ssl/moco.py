@@ -117,6 +117,11 @@ class MoCo(SSLAlgorithm):
         # the backbone's classifier is never used (no labels; the probe trains its own head): frozen, so it
         # is neither optimised nor an unused parameter for DDP
         model.get_classifier().requires_grad_(False)
+        if mixer is not None and getattr(mixer, "requires", ()):
+            raise ValueError(f"mixer.name={mixer.name} reads the model's {', '.join(mixer.requires)} of a "
+                             "classification loss, and self-supervised training has no labels for it (samix.txt "
+                             "A.5.2's PuzzleMix on pseudo labels is not built); use an input-space policy "
+                             "(mixup, cutmix, fmix, ...) or algorithm.name=interintra")
         hidden = o["hidden_dim"] or (2048 if feat >= 512 else 4 * feat)
         self.projector = Projector(feat, int(hidden), int(o["dim"]), mlp=o["mlp"])
         self.encoder = Encoder(self.model, self.projector)
