@@ -7,6 +7,10 @@
   input only, so nothing accumulates in the parameters' ``.grad``: the saliency pass never leaks into the
   step's update (tested). The official code instead calls ``backward`` and zeroes the optimizer after.
 
+* ``activation`` (AttentiveMix, Walawalkar et al. 2020): the channel mean of the model's last feature map
+  ``[B, h, w]`` (a samix Backbone's ``features(x, num_stages)``; a ViT's patch map), with the model in eval
+  mode and no gradient: one extra forward, nothing of the step's graph or BatchNorm statistics touched.
+
 The model is any module mapping images to logits (duck typing: this layer imports no model code). Labels
 are integer class indices ``[B]`` or probability rows ``[B, K]``.
 """
@@ -46,9 +50,27 @@ def input_saliency(model, images: Tensor, labels: Tensor) -> Tensor:
     return grad.float().pow(2).mean(1).sqrt()
 
 
+def last_activation(model, images: Tensor, labels: Tensor = None) -> Tensor:
+    """``[B, h, w]`` float32: the channel mean of the last feature map (eval mode, no gradient)."""
+    features = getattr(model, "features", None)
+    if not callable(features):
+        raise TypeError("the activation signal needs a samix Backbone (with features(x, stage)), got "
+                        f"{type(model).__name__}")
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            h = features(images, int(getattr(model, "num_stages", 4)))
+    finally:
+        if was_training:
+            model.train()
+    return h.float().mean(1)
+
+
 #: name -> ``fn(model, images, labels) -> Tensor``
 SIGNALS: Dict[str, Callable[..., Tensor]] = {
     "saliency": input_saliency,
+    "activation": last_activation,
 }
 
 
@@ -62,4 +84,4 @@ def compute_signals(names: Sequence[str], model, images: Tensor, labels: Tensor)
     return out
 
 
-__all__ = ["SIGNALS", "compute_signals", "input_saliency"]
+__all__ = ["SIGNALS", "compute_signals", "input_saliency", "last_activation"]
