@@ -277,3 +277,17 @@ def test_compare_baseline_column_is_the_gain_and_time_ratio_and_figures_are_list
     assert compare_table(dirs, baseline=str(tmp_path / "cutmix")).count("-1.50") == 1
     assert main(["compare", *dirs, "--baseline", "mixup"]) == 2
     assert "--baseline 'mixup' is none of the runs compared" in capsys.readouterr().err
+
+
+def test_guided_cost_script_times_the_guided_policies_and_augmix(tmp_path):
+    pytest.importorskip("gco")
+    guided = _load("guided_cost")
+    out = tmp_path / "g.json"
+    assert guided.main(["--model", "convnet", "--batch", "4", "--repeats", "2", "--warmup", "0", "--threads", "1",
+                        "--candidates", "puzzlemix", "attentivemix", "augmix", "--phases", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["candidate"]: r for r in res["rows"]}
+    assert list(rows) == ["vanilla", "puzzlemix", "attentivemix", "augmix"] and rows["vanilla"]["x_vanilla"] == 1.0
+    # three views in one forward hold about three times the activations of one
+    assert rows["augmix"]["peak_mib"] > rows["vanilla"]["peak_mib"]
+    assert set(res["puzzlemix_phases"]) == {"saliency pass", "graph cut", "transport plan + apply"}

@@ -139,7 +139,11 @@ class Algorithm(nn.Module):
 
     @staticmethod
     def images_of(batch) -> Tensor:
-        """The images of a batch (the first view for several views), for figures."""
+        """The images of a batch (the first view for several views, ``((view_1, view_2, ...), label)``), for
+        figures."""
+        first = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+        if isinstance(first, (tuple, list)) and first and all(torch.is_tensor(v) for v in first):
+            return first[0]
         images = split_batch(batch)[0]
         return images[0] if isinstance(images, (tuple, list)) else images
 

@@ -18,6 +18,7 @@ Every module is imported here, so a new family is one file that calls
 :func:`register_dataset`.
 """
 
+from .augmix import AugMixDataset
 from .base import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, build_dataset, dataset_info, dataset_labels, \
     list_datasets, register_dataset
 from .cifar import CIFAR10, CIFAR100
@@ -33,7 +34,7 @@ from .._discover import import_submodules as _import_submodules
 _import_submodules(__name__, __path__)
 
 __all__ = [
-    "CIFAR10", "CIFAR100", "DatasetInfo", "IMAGENET_MEAN", "IMAGENET_STD", "STL10",
+    "AugMixDataset", "CIFAR10", "CIFAR100", "DatasetInfo", "IMAGENET_MEAN", "IMAGENET_STD", "STL10",
     "TinyImageNetVal", "TwoViewDataset", "build_dataset", "build_transform", "dataset_info", "dataset_labels",
     "list_datasets", "list_presets", "moco_blur_kernel", "register_dataset", "register_preset", "safe_unpickle",
     "stratified_subset",
