@@ -344,3 +344,19 @@ def test_curves_join_the_epochs_that_have_a_value(tmp_path, monkeypatch):
     plot_curves(tmp_path / "c.png", {"knn": vals}, x=list(range(1, 31)))
     x, y = seen[0]
     assert x.tolist() == [10, 20, 30] and y.tolist() == [50.0, 60.0, 70.0]
+
+
+def test_model_guided_policies_are_drawn_on_photos_with_a_stand_in_signal(tmp_path):
+    """puzzlemix and attentivemix read the model; on photos alone the grid feeds them a model-free stand-in
+    (spectral-residual saliency) and the realised share is the mask's mean."""
+    pytest.importorskip("gco")
+    from samix.cli import main
+
+    pair = torch.rand(2, 3, 32, 32)
+    for policy in ("puzzlemix", "attentivemix"):
+        cells = viz.mixing_cells(policy, pair, lams=(0.3, 0.7))
+        assert cells.masks is not None
+        assert np.allclose(cells.realised, cells.masks.flatten(1).mean(1).numpy())
+    out = tmp_path / "g.png"
+    assert main(["show", "--policies", "cutmix", "puzzlemix", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000

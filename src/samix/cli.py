@@ -74,7 +74,7 @@ def _cmd_show(args) -> int:
     else:
         from samix.viz import mixing_grid
 
-        path = mixing_grid(args.out or "mixing_grid.png")
+        path = mixing_grid(args.out or "mixing_grid.png", policies=args.policies or None)
     print(f"wrote {path}")
     return 0
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs: their masks side by side on the same test pairs")
     s.add_argument("--out", default=None, help="output PNG path")
     s.add_argument("--pairs", type=int, default=4, help="pairs in a mask comparison (several runs)")
+    s.add_argument("--policies", nargs="+", default=None,
+                   help="policies of the photo grid (no run): default every image-only policy; model-guided "
+                        "ones (puzzlemix, attentivemix) are drawn with a model-free stand-in signal")
     s.set_defaults(fn=_cmd_show)
 
     c = sub.add_parser("compare", help="table of several runs' summary.json")

@@ -49,6 +49,30 @@ def default_policies() -> list[str]:
             if not (get_mixer_class(name).needs_model or get_mixer_class(name).needs_pretrained)]
 
 
+def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
+    """Model-free stand-ins for what a model-guided policy reads, to show it on photos without a network:
+    the spectral-residual saliency (SaliencyMix's) at full size for ``saliency``, and the same map
+    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation``. A figure of such a
+    policy says so in its row label; in training the signals come from the online model."""
+    import torch.nn.functional as F
+
+    from samix.mixing.saliencymix import spectral_residual_saliency
+
+    out = {}
+    if not names:
+        return out
+    sal = spectral_residual_saliency(photos).float().unsqueeze(1)
+    sal = F.interpolate(sal, size=photos.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    for n in names:
+        if n == "saliency":
+            out[n] = sal
+        elif n == "activation":
+            out[n] = F.adaptive_avg_pool2d(sal.unsqueeze(1), 7).squeeze(1)
+        else:
+            raise ValueError(f"no photo stand-in for the model signal {n!r}")
+    return out
+
+
 def mixing_cells(policy: str, photos: Tensor, lams: Sequence[float] = DEFAULT_LAMS, seed: int = 0,
                  **mixer_kwargs) -> MixCells:
     """Mix photo ``A = photos[0]`` (original) with ``B = photos[1]`` (partner) at each ``lam``.
@@ -66,7 +90,7 @@ def mixing_cells(policy: str, photos: Tensor, lams: Sequence[float] = DEFAULT_LA
     from samix.mixing import build_mixer, get_mixer_class
 
     cls = get_mixer_class(policy)
-    if cls.needs_model:
+    if cls.needs_model and not cls.requires:
         raise ValueError(f"policy {policy!r} needs a model (needs_model=True) and cannot be shown "
                          f"on photos alone; choose one of {default_policies()}")
     seed = _check_int("seed", seed, 0)
@@ -77,8 +101,9 @@ def mixing_cells(policy: str, photos: Tensor, lams: Sequence[float] = DEFAULT_LA
     for lam in lam_arr:
         gen = torch.Generator().manual_seed(seed)
         mixer = build_mixer(policy, mode="batch", generator=gen, **mixer_kwargs)
+        signals = stand_in_signals(cls.requires, pair)
         try:
-            result = mixer._mix(pair, index, np.array([lam], dtype=np.float64))
+            result = mixer._mix(pair, index, np.array([lam], dtype=np.float64), **signals)
         except Exception as err:  # name the policy and lam, keep the original error type
             err.add_note(f"while mixing policy {policy!r} at lam={lam:g} for the mixing grid")
             raise
@@ -169,8 +194,13 @@ def mixing_grid(path: PathLike, policies: Optional[Sequence[str]] = None,
             if r == 0:
                 ax.set_title(f"λ={lam_arr[c]:g}", fontsize=9)
     # policy names on the left of each row (outside the source column)
+    from samix.mixing import get_mixer_class
+
     for r, cell in enumerate(cells):
-        axes[r, 0].annotate(cell.policy, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0),
+        label = cell.policy
+        if get_mixer_class(cell.policy).requires:
+            label += "\n(stand-in " + ", ".join(get_mixer_class(cell.policy).requires) + ")"
+        axes[r, 0].annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0),
                             textcoords="offset points", ha="right", va="center", fontsize=9,
                             rotation=90)
     _save_png(fig, path, dpi, colors)
