@@ -8,6 +8,8 @@ engine's ``Stepper`` on one fixed synthetic batch:
 * ``mixup``, ``cutmix``: the static references;
 * ``puzzlemix``: the saliency pass (forward + backward of the model in eval mode), graph cut, transport;
 * ``attentivemix``: one extra forward (eval mode, no gradient) for the activation map;
+* ``transmix``: CutMix boxes with lambda from the class token's attention of the same forward pass (the
+  last block's attention computed explicitly under the watch): on a ViT only (``--vit``);
 * ``augmix``: the three views ``(clean, augmix_1, augmix_2)`` in one forward (the AugMix chains run in the
   data loader, so they are not part of the step; the views here are noise).
 
@@ -16,6 +18,7 @@ building and running ``--memory-iters`` iterations. ``--phases`` adds PuzzleMix'
 pass, graph cut, transport plan + apply) as fractions of a vanilla step.
 
     python benchmarks/guided_cost.py --threads 1 --repeats 15 --phases --json guided_cost_t1.json
+    python benchmarks/guided_cost.py --vit --candidates mixup cutmix transmix --threads 1 --repeats 15
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _trainbench as tb  # noqa: E402
 import torch  # noqa: E402
 
-TARGETS = {"puzzlemix": 2.0, "augmix": 3.2}
-CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "augmix")
+TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1}
+CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "transmix", "augmix")
+#: configs/fashion_mnist/_vit.yaml's network
+VIT_KWARGS = ["img_size=28", "patch_size=4", "depth=6", "embed_dim=96", "num_heads=3"]
 
 
 def overrides(name: str, args) -> list:
-    ov = tb.model_overrides(args.model, args.width, args.in_chans, args.batch, "fp32", False)
+    ov = tb.model_overrides(args.model, args.width, args.in_chans, args.batch, "fp32", False,
+                            model_kwargs=args.model_kwargs)
     if name == "augmix":
         return ov + ["algorithm.name=augmix"]
     if name != "vanilla":
@@ -96,7 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+    p.add_argument("--candidates", nargs="+", default=[c for c in CANDIDATES if c != "transmix"],
+                   choices=CANDIDATES)
+    p.add_argument("--vit", action="store_true", help="the small ViT of configs/fashion_mnist/_vit.yaml")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-iters", type=int, default=2)
@@ -105,6 +113,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    args.model_kwargs = []
+    if args.vit:
+        args.model, args.width, args.model_kwargs = "timm:vit_tiny_patch16_224", 1.0, VIT_KWARGS
+    elif "transmix" in args.candidates:
+        p.error("transmix needs a vision transformer: add --vit")
     names = ["vanilla"] + [n for n in args.candidates if n != "vanilla"]
     threads = tb.set_threads(args.threads)
     device = tb.resolve_device(args.device)

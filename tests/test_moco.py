@@ -91,8 +91,9 @@ def test_a_batch_of_one_cannot_be_mixed():
         derangement(1)
 
 
-# every policy that reads the images alone (a label-guided one, e.g. puzzlemix, is refused: test_puzzlemix)
-@pytest.mark.parametrize("policy", [n for n in list_mixers() if n != "samix_p" and not get_mixer_class(n).requires])
+# every policy that reads the images alone (a label-guided one, puzzlemix or transmix, is refused: their tests)
+@pytest.mark.parametrize("policy", [n for n in list_mixers() if n != "samix_p" and not get_mixer_class(n).requires
+                                    and not get_mixer_class(n).relabels])
 def test_every_policy_mixes_with_the_derangement_and_scores_both_keys(policy, monkeypatch):
     """The index handed to the policy is the one that selects the partner's key in the loss."""
     algo = _algo(policy)

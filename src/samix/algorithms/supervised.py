@@ -6,7 +6,9 @@ One step on a batch ``(images, labels)``::
     static:    r = mixer.mix(x);  loss = L(model(r.images), y, r.lam, r.index)
     guided:    (policies with ``requires``, e.g. PuzzleMix) r = mixer.mix_with_model(model, x, y): the
                signals they read (a saliency map, ...) from the model first (samix.mixing.signals), same loss
-    manifold:  (other policies with ``needs_model``) mix a hidden map inside the model
+    relabel:   (policies with ``relabels``, e.g. TransMix) lambda re-weighted from the forward pass of the
+               mixed images (``mixer.watch(model)``), same loss
+    manifold:  (policies with ``mixes_features``) mix a hidden map inside the model
                (:func:`samix.algorithms.manifold.manifold_forward`), same loss
 
 ``L`` is the configured mixed loss (:func:`samix.losses.build_loss`), called as
@@ -33,12 +35,14 @@ class Supervised(Algorithm):
             logits = self.model(images)
             lam = torch.ones(b, device=images.device)
             index = torch.arange(b, device=images.device)
-        elif self.mixer.needs_model and not self.mixer.requires:
+        elif self.mixer.mixes_features:
             logits, _, result = manifold_forward(self.mixer, self.model, images, labels)
             lam, index = result.lam, result.index
         else:
             result = self.mixer.mix_with_model(self.model, images, labels)
-            logits = self.model(result.images)
+            with self.mixer.watch(self.model) as watch:  # a no-op but for policies that relabel (TransMix)
+                logits = self.model(result.images)
+            result = watch.relabel(result)
             lam, index = result.lam, result.index
         loss = self.loss_fn(logits, labels, lam, index)
         return {"loss": loss}

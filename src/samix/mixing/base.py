@@ -52,6 +52,19 @@ class MixResult:
 _check_number = check_number
 
 
+class NullWatch:
+    """The watch of a policy that re-weights nothing (see :meth:`Mixer.watch`)."""
+
+    def __enter__(self) -> "NullWatch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def relabel(self, result: "MixResult") -> "MixResult":
+        return result
+
+
 def check_images(images) -> None:
     """Raise a clear error unless ``images`` is a floating-point ``[B, C, H, W]`` tensor."""
     if not isinstance(images, Tensor):
@@ -85,8 +98,12 @@ class Mixer:
     """
 
     name: str = "base"
-    #: True for policies that read model features (e.g. manifold mixing); False: images only.
+    #: True for policies that need the model (manifold mixing, the model-guided ones, TransMix); False:
+    #: the images are enough (and ``mixer(images, labels)`` returns the targets).
     needs_model: bool = False
+    #: True for policies that mix a hidden feature map inside the model (ManifoldMix): the algorithm runs
+    #: the model's halves around the mix (``samix.algorithms.manifold``).
+    mixes_features: bool = False
     #: True for policies that cannot be built without a file (``pretrained=PATH``, e.g. the
     #: frozen pre-trained Mixer of ``samix_p``); sweeps over "every policy with default
     #: arguments" (property tests, the mixing grid, throughput benchmarks) skip them.
@@ -101,6 +118,10 @@ class Mixer:
     #: them as keyword arguments of :meth:`mix` (and of its ``_mix``); :meth:`mix_with_model` and
     #: ``mixer(images, labels, model=model)`` compute them. Empty: the images are enough.
     requires: Tuple[str, ...] = ()
+    #: True for policies whose lambda is re-weighted by what the model does on the *mixed* images
+    #: (TransMix: the class token's attention): their targets exist only after the forward pass, inside
+    #: ``with mixer.watch(model) as w: logits = model(mixed)``, then ``result = w.relabel(result)``.
+    relabels: bool = False
 
     def __init__(
         self,
@@ -226,6 +247,12 @@ class Mixer:
 
         return self.mix(images, index, **compute_signals(self.requires, model, images, labels))
 
+    def watch(self, model) -> "NullWatch":
+        """A context manager around the forward pass of the mixed images whose ``relabel(result)`` returns
+        the result with the policy's final lambda. The base (every policy but the ``relabels`` ones):
+        nothing to watch, ``relabel`` returns the result unchanged."""
+        return NullWatch()
+
     def __call__(self, images: Tensor, labels: Tensor, model=None):
         """Mix ``images`` and return ``(mixed_images, targets)``; targets float ``[B, K]``, rows sum to 1.
 
@@ -234,6 +261,11 @@ class Mixer:
 
         check_images(images)
         check_labels(labels, images.shape[0], self.num_classes)
+        if self.relabels:
+            raise TypeError(f"{self.name}'s targets depend on the model's forward pass of the mixed images, so "
+                            "mixer(images, labels) cannot return them: r = mixer.mix(images); with "
+                            "mixer.watch(model) as w: logits = model(r.images); r = w.relabel(r); then the "
+                            "loss with r.lam and r.index (samix.targets.mix_targets(labels, r, num_classes))")
         if self.requires and model is None:
             self._check_signals({})
         result = self.mix_with_model(model, images, labels) if self.requires else self.mix(images)

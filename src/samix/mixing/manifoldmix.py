@@ -73,6 +73,7 @@ class ManifoldMix(MixUp):
     """
 
     needs_model = True
+    mixes_features = True
 
     def __init__(self, stages: Union[int, Sequence[int]] = (0, 1, 2), **kwargs) -> None:
         super().__init__(**kwargs)

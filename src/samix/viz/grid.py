@@ -90,7 +90,7 @@ def mixing_cells(policy: str, photos: Tensor, lams: Sequence[float] = DEFAULT_LA
     from samix.mixing import build_mixer, get_mixer_class
 
     cls = get_mixer_class(policy)
-    if cls.needs_model and not cls.requires:
+    if cls.needs_model and not (cls.requires or cls.relabels):  # nothing to stand in for the model
         raise ValueError(f"policy {policy!r} needs a model (needs_model=True) and cannot be shown "
                          f"on photos alone; choose one of {default_policies()}")
     seed = _check_int("seed", seed, 0)
@@ -200,6 +200,8 @@ def mixing_grid(path: PathLike, policies: Optional[Sequence[str]] = None,
         label = cell.policy
         if get_mixer_class(cell.policy).requires:
             label += "\n(stand-in " + ", ".join(get_mixer_class(cell.policy).requires) + ")"
+        elif get_mixer_class(cell.policy).relabels:
+            label += "\n(area λ; attention λ in training)"
         axes[r, 0].annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0),
                             textcoords="offset points", ha="right", va="center", fontsize=9,
                             rotation=90)

@@ -122,6 +122,9 @@ class MoCo(SSLAlgorithm):
                              "classification loss, and self-supervised training has no labels for it (samix.txt "
                              "A.5.2's PuzzleMix on pseudo labels is not built); use an input-space policy "
                              "(mixup, cutmix, fmix, ...) or algorithm.name=interintra")
+        if mixer is not None and getattr(mixer, "relabels", False):
+            raise ValueError(f"mixer.name={mixer.name} re-weights a classification label from the model's "
+                             "attention; MoCo's mixed loss has no class label to re-weight: use cutmix")
         hidden = o["hidden_dim"] or (2048 if feat >= 512 else 4 * feat)
         self.projector = Projector(feat, int(hidden), int(o["dim"]), mlp=o["mlp"])
         self.encoder = Encoder(self.model, self.projector)
@@ -160,7 +163,7 @@ class MoCo(SSLAlgorithm):
         """``(z_m, lam)``: the query encoder's embeddings of the policy's mix of ``x`` with partners
         ``index`` (a hidden map for policies that mix inside the model)."""
         mixer = self.mixer
-        if mixer.needs_model:
+        if mixer.mixes_features:
             k = mixer.sample_stage()
             if k == 0:
                 r = mixer.mix(x, index=index)
