@@ -8,6 +8,7 @@ engine's ``Stepper`` on one fixed synthetic batch:
 * ``mixup``, ``cutmix``: the static references;
 * ``puzzlemix``: the saliency pass (forward + backward of the model in eval mode), graph cut, transport;
 * ``attentivemix``: one extra forward (eval mode, no gradient) for the activation map;
+* ``snapmix``: one extra forward (eval mode, no gradient) for the class activation maps;
 * ``transmix``: CutMix boxes with lambda from the class token's attention of the same forward pass (the
   last block's attention computed explicitly under the watch): on a ViT only (``--vit``);
 * ``augmix``: the three views ``(clean, augmix_1, augmix_2)`` in one forward (the AugMix chains run in the
@@ -36,7 +37,7 @@ import _trainbench as tb  # noqa: E402
 import torch  # noqa: E402
 
 TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1}
-CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "transmix", "augmix")
+CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "augmix")
 #: configs/fashion_mnist/_vit.yaml's network
 VIT_KWARGS = ["img_size=28", "patch_size=4", "depth=6", "embed_dim=96", "num_heads=3"]
 

@@ -228,7 +228,8 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, fm_root):
 
 
 # ------------------------------------------------------------------------------ fine-grained recipes
-A3_ALPHA = {"mixup": 1.0, "cutmix": 1.0, "resizemix": 1.0, "saliencymix": 0.2, "fmix": 0.2, "manifoldmix": 0.5}
+A3_ALPHA = {"mixup": 1.0, "cutmix": 1.0, "resizemix": 1.0, "saliencymix": 0.2, "fmix": 0.2, "manifoldmix": 0.5,
+            "puzzlemix": 1.0}
 
 
 @pytest.mark.parametrize("ds", ["cub200", "aircraft"])
@@ -236,7 +237,7 @@ def test_fine_grained_rows_follow_the_papers_protocol(ds):
     """samix.txt Table 3 / A.3 and automix.txt Sec. 5.2: 200 epochs, batch 16, lr 0.001, wd 5e-4,
     an ImageNet-pretrained local checkpoint, the alpha of A.3; AutoMix/SAMix alpha 2, Mix Block lr 0.01."""
     rows = sorted(p for p in (REPO / "configs" / ds).glob("*.yaml") if not p.name.startswith("_"))
-    assert len(rows) == 18
+    assert len(rows) == 20  # 9 methods + PuzzleMix (issue 19), R-18 and RX-50 each
     for p in rows:
         cfg = load_config(p)
         method = p.stem.rsplit("_", 1)[0]

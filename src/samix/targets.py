@@ -82,9 +82,13 @@ def mix_targets(labels: Tensor, result, num_classes: Optional[int] = None, label
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """Soft targets of a mixed batch: ``lam * p(y) + (1 - lam) * p(y[index])``.
 
-    ``result`` is a :class:`~samix.mixing.MixResult` (or anything with ``lam``/``index``).
+    ``result`` is a :class:`~samix.mixing.MixResult` (or anything with ``lam``/``index``). A result with a
+    per-sample ``weight`` (SnapMix) gives rows scaled by it: ``w_a p(y) + w_b p(y[index])``, which sum to
+    ``w_a + w_b`` (the policy's definition), so soft-target cross-entropy against them is its loss.
     """
     probs = to_probs(labels, num_classes, label_smoothing, dtype)
     lam = result.lam.to(device=probs.device, dtype=dtype).unsqueeze(1)
     index = result.index.to(probs.device)
-    return torch.lerp(probs.index_select(0, index), probs, lam)  # index_select: ~8x faster than probs[index] on CPU
+    out = torch.lerp(probs.index_select(0, index), probs, lam)  # index_select: ~8x faster than probs[index] on CPU
+    weight = getattr(result, "weight", None)
+    return out if weight is None else out * weight.to(device=out.device, dtype=dtype).unsqueeze(1)

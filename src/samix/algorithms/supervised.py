@@ -31,6 +31,7 @@ class Supervised(Algorithm):
     def forward(self, batch) -> Dict[str, Tensor]:
         images, labels = split_batch(batch)
         b = images.shape[0]
+        weight = None  # a policy's per-sample loss weight (SnapMix), None for the rest
         if self.mixer is None:
             logits = self.model(images)
             lam = torch.ones(b, device=images.device)
@@ -44,5 +45,7 @@ class Supervised(Algorithm):
                 logits = self.model(result.images)
             result = watch.relabel(result)
             lam, index = result.lam, result.index
-        loss = self.loss_fn(logits, labels, lam, index)
+            weight = result.weight
+        loss = self.loss_fn(logits, labels, lam, index) if weight is None else \
+            self.loss_fn(logits, labels, lam, index, weight=weight)
         return {"loss": loss}

@@ -69,8 +69,13 @@ class MixupLoss:
         self.options = dict(options)
 
     def __call__(self, logits: Tensor, labels: Tensor, lam: LamLike = None,
-                 index: Optional[Tensor] = None) -> Tensor:
-        return self.fn(logits, labels, lam, index, **self.options)
+                 index: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tensor:
+        """The mean loss; with ``weight [B]`` the mean of ``weight_i * loss_i`` (a policy's per-sample
+        weight, :attr:`samix.mixing.MixResult.weight`)."""
+        if weight is None:
+            return self.fn(logits, labels, lam, index, **self.options)
+        rows = self.fn(logits, labels, lam, index, **{**self.options, "reduction": "none"})
+        return (rows * weight.to(device=rows.device, dtype=rows.dtype)).mean()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -40,12 +40,16 @@ class MixResult:
         index: long ``[B]``, the partner of each sample (``x[index[i]]``).
         mask: ``[B, 1, H, W]`` weight of the original sample, or ``None`` for
             global (pixel-independent) mixing. May be an expanded view.
+        weight: float32 ``[B]`` per-sample loss weight, or ``None`` (1). For policies whose two label
+            weights ``(w_a, w_b)`` need not sum to 1 (SnapMix): ``lam = w_a / (w_a + w_b)`` and
+            ``weight = w_a + w_b``, so that ``weight * L(lam)`` is their loss for any mixed loss ``L``.
     """
 
     images: Tensor
     lam: Tensor
     index: Tensor
     mask: Optional[Tensor] = None
+    weight: Optional[Tensor] = None
 
 
 #: Kept for the policies that import it from here (``from .base import _check_number``).

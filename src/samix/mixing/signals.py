@@ -11,6 +11,12 @@
   ``[B, h, w]`` (a samix Backbone's ``features(x, num_stages)``; a ViT's patch map), with the model in eval
   mode and no gradient: one extra forward, nothing of the step's graph or BatchNorm statistics touched.
 
+* ``cam`` (SnapMix, Huang et al. 2021): each image's class activation map for its own label, as a
+  "semantic percent map" ``[B, H, W]`` that sums to 1: ``CAM = W_y . relu(h) + b_y`` on the last feature
+  map ``h`` and the classifier ``(W, b)`` (exact for samix's pool-then-linear heads: the logit is the map's
+  mean), upsampled bilinearly, minus its minimum, over its sum. Eval mode, no gradient (the official code
+  runs this extra forward in train mode, which also moves the BatchNorm statistics).
+
 The model is any module mapping images to logits (duck typing: this layer imports no model code). Labels
 are integer class indices ``[B]`` or probability rows ``[B, K]``.
 """
@@ -67,10 +73,37 @@ def last_activation(model, images: Tensor, labels: Tensor = None) -> Tensor:
     return h.float().mean(1)
 
 
+def semantic_percent_map(model, images: Tensor, labels: Tensor) -> Tensor:
+    """``[B, H, W]`` float32, each map non-negative and summing to 1 (module docstring, ``cam``)."""
+    features = getattr(model, "features", None)
+    classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    if not callable(features) or not isinstance(classifier, torch.nn.Linear):
+        raise TypeError("the cam signal needs a samix Backbone with features(x, stage) and a linear classifier "
+                        f"(get_classifier()), got {type(model).__name__}")
+    if labels.dim() != 1:
+        labels = labels.argmax(1)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            h = F.relu(features(images, int(getattr(model, "num_stages", 4)))).float()
+            w = classifier.weight.float()[labels.to(h.device).long()]            # [B, C]
+            cam = torch.einsum("bchw,bc->bhw", h, w)
+            if classifier.bias is not None:
+                cam = cam + classifier.bias.float()[labels.to(h.device).long()].view(-1, 1, 1)
+    finally:
+        if was_training:
+            model.train()
+    cam = F.interpolate(cam.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    cam = cam - cam.flatten(1).min(1).values.view(-1, 1, 1)
+    return cam / cam.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
+
+
 #: name -> ``fn(model, images, labels) -> Tensor``
 SIGNALS: Dict[str, Callable[..., Tensor]] = {
     "saliency": input_saliency,
     "activation": last_activation,
+    "cam": semantic_percent_map,
 }
 
 
@@ -84,4 +117,4 @@ def compute_signals(names: Sequence[str], model, images: Tensor, labels: Tensor)
     return out
 
 
-__all__ = ["SIGNALS", "compute_signals", "input_saliency", "last_activation"]
+__all__ = ["SIGNALS", "compute_signals", "input_saliency", "last_activation", "semantic_percent_map"]

@@ -52,7 +52,8 @@ def default_policies() -> list[str]:
 def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
     """Model-free stand-ins for what a model-guided policy reads, to show it on photos without a network:
     the spectral-residual saliency (SaliencyMix's) at full size for ``saliency``, and the same map
-    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation``. A figure of such a
+    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation``, and normalised to sum
+    to 1 for ``cam`` (a semantic percent map). A figure of such a
     policy says so in its row label; in training the signals come from the online model."""
     import torch.nn.functional as F
 
@@ -68,6 +69,9 @@ def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
             out[n] = sal
         elif n == "activation":
             out[n] = F.adaptive_avg_pool2d(sal.unsqueeze(1), 7).squeeze(1)
+        elif n == "cam":  # a semantic percent map: non-negative, summing to 1
+            c = sal - sal.flatten(1).min(1).values.view(-1, 1, 1)
+            out[n] = c / c.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
         else:
             raise ValueError(f"no photo stand-in for the model signal {n!r}")
     return out
@@ -201,7 +205,7 @@ def mixing_grid(path: PathLike, policies: Optional[Sequence[str]] = None,
         if get_mixer_class(cell.policy).requires:
             label += "\n(stand-in " + ", ".join(get_mixer_class(cell.policy).requires) + ")"
         elif get_mixer_class(cell.policy).relabels:
-            label += "\n(area λ; attention λ in training)"
+            label += "\n(area λ)"
         axes[r, 0].annotate(label, xy=(0, 0.5), xycoords="axes fraction", xytext=(-4, 0),
                             textcoords="offset points", ha="right", va="center", fontsize=9,
                             rotation=90)
