@@ -11,6 +11,8 @@ engine's ``Stepper`` on one fixed synthetic batch:
 * ``snapmix``: one extra forward (eval mode, no gradient) for the class activation maps;
 * ``transmix``: CutMix boxes with lambda from the class token's attention of the same forward pass (the
   last block's attention computed explicitly under the watch): on a ViT only (``--vit``);
+* ``tokenmix``: token-level rectangles with lambda from the activation maps of one extra forward (eval
+  mode, no gradient): on a ViT only;
 * ``augmix``: the three views ``(clean, augmix_1, augmix_2)`` in one forward (the AugMix chains run in the
   data loader, so they are not part of the step; the views here are noise).
 
@@ -36,8 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _trainbench as tb  # noqa: E402
 import torch  # noqa: E402
 
-TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1}
-CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "augmix")
+TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1}
+CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "tokenmix", "augmix")
+VIT_ONLY = ("transmix", "tokenmix")
 #: configs/fashion_mnist/_vit.yaml's network
 VIT_KWARGS = ["img_size=28", "patch_size=4", "depth=6", "embed_dim=96", "num_heads=3"]
 
@@ -49,6 +52,8 @@ def overrides(name: str, args) -> list:
         return ov + ["algorithm.name=augmix"]
     if name != "vanilla":
         ov += [f"mixer.name={name}", "mixer.alpha=1.0"]
+    if name == "tokenmix":
+        ov += ["mixer.patch=4", "mixer.min_block=4"]
     return ov
 
 
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--candidates", nargs="+", default=[c for c in CANDIDATES if c != "transmix"],
+    p.add_argument("--candidates", nargs="+", default=[c for c in CANDIDATES if c not in VIT_ONLY],
                    choices=CANDIDATES)
     p.add_argument("--vit", action="store_true", help="the small ViT of configs/fashion_mnist/_vit.yaml")
     p.add_argument("--repeats", type=int, default=15)
@@ -117,8 +122,8 @@ def main(argv=None) -> int:
     args.model_kwargs = []
     if args.vit:
         args.model, args.width, args.model_kwargs = "timm:vit_tiny_patch16_224", 1.0, VIT_KWARGS
-    elif "transmix" in args.candidates:
-        p.error("transmix needs a vision transformer: add --vit")
+    elif set(VIT_ONLY) & set(args.candidates):
+        p.error("transmix and tokenmix are measured on a vision transformer: add --vit")
     names = ["vanilla"] + [n for n in args.candidates if n != "vanilla"]
     threads = tb.set_threads(args.threads)
     device = tb.resolve_device(args.device)
