@@ -48,9 +48,15 @@ def test_the_augmix_row_and_the_cpu_recipes_build():
     assert "automix.txt Table 2" in head and "81.18" in head and "66.54" in head
     assert (cfg.algorithm.name, cfg.algorithm.augmix_alpha, cfg.algorithm.jsd_weight) == ("augmix", 1.0, 12.0)
     pytest.importorskip("gco")
-    for name in ("puzzlemix", "attentivemix", "augmix", "vit_vanilla", "vit_mixup", "vit_cutmix", "vit_transmix",
-                 "mocov2_interintra"):
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    for name in ("puzzlemix", "attentivemix", "snapmix", "augmix", "vit_vanilla", "vit_mixup", "vit_cutmix",
+                 "vit_transmix", "vit_tokenmix", "mocov2_interintra"):
         c = load_config(REPO / "configs/fashion_mnist" / f"{name}.yaml")
         algo = build_algorithm_from_config(c, dataset_info("fashion_mnist"), torch.device("cpu"),
                                            torch.Generator().manual_seed(0))
-        assert algo is not None, name
+        batch = ((x, x, x), y) if name == "augmix" else (((x, x.flip(-1)), y, torch.arange(4))
+                                                        if name == "mocov2_interintra" else (x, y))
+        if name == "mocov2_interintra":
+            algo.queue.queue.normal_()  # the CPU recipe's queue of 1,000 holds 10 batches of 100; one step of 4
+        out = algo(batch)
+        assert torch.isfinite(out["loss"]), name

@@ -16,6 +16,7 @@ def _tm(**kw):
     kw.setdefault("generator", torch.Generator().manual_seed(0))
     kw.setdefault("patch", 4)
     kw.setdefault("min_block", 4)
+    kw.setdefault("label_maps", "sources")
     return build_mixer("tokenmix", num_classes=10, **kw)
 
 
@@ -73,6 +74,37 @@ def test_on_a_small_vit_with_the_cam_signal():
     assert torch.allclose(t.sum(1), torch.ones(4))
 
 
+def test_mixed_label_maps_read_the_same_forwards_tokens():
+    """label_maps='mixed': lambda from the mixed image's own final patch tokens (a hook on the ViT's final
+    norm), computed by hand here; no extra pass, and the drop-in call says how to use it."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = build_model("timm:vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=28, patch_size=4, depth=4,
+                      embed_dim=24, num_heads=3).eval()
+    tm = _tm(label_maps="mixed")
+    assert tm.requires == () and tm.relabels
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    r = tm.mix(x)
+    with torch.no_grad():
+        with tm.watch(vit, y) as w:
+            vit(r.images)
+        out = w.relabel(r)
+        net = vit.net
+        t = net.norm(net.blocks(net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(r.images))))))[:, 1:]
+        fc = vit.get_classifier()
+        act = lambda lbl: torch.relu(torch.einsum("bnc,bc->bn", t, fc.weight[lbl]) + fc.bias[lbl].view(-1, 1))  # noqa: E731
+        m = r.mask[:, 0, ::4, ::4].flatten(1)
+        w_a, w_b = (m * act(y)).sum(1), ((1 - m) * act(y[r.index])).sum(1)
+    assert torch.allclose(out.lam, w_a / (w_a + w_b), atol=1e-5)
+    with tm.watch(vit.train(), y) as w:   # in a training step: the label weight carries no gradient
+        vit(r.images).sum()
+    assert not w.relabel(r).lam.requires_grad
+    with pytest.raises(TypeError, match="mixer.watch"):
+        tm(x, y)
+    with pytest.raises(TypeError, match="vision transformer"):
+        tm.watch(build_model("convnet", num_classes=10, in_chans=1, width=0.25), y)
+
+
 def test_bad_inputs_get_a_sentence():
     x = torch.randn(2, 1, 28, 28)
     with pytest.raises(ValueError, match="patch 5 must divide"):
@@ -81,3 +113,5 @@ def test_bad_inputs_get_a_sentence():
         _tm().mix(x)
     with pytest.raises(ValueError, match="patch"):
         _tm(patch=0)
+    with pytest.raises(ValueError, match="label_maps"):
+        _tm(label_maps="teacher")

@@ -68,8 +68,8 @@ def test_a_supervised_step_uses_the_attention_lambda():
     seen = {}
     orig = type(tm).watch
 
-    def spy(self, m):
-        w = orig(self, m)
+    def spy(self, m, labels=None):
+        w = orig(self, m, labels)
         relabel = w.relabel
 
         def keep(r):

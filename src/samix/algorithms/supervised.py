@@ -41,7 +41,7 @@ class Supervised(Algorithm):
             lam, index = result.lam, result.index
         else:
             result = self.mixer.mix_with_model(self.model, images, labels)
-            with self.mixer.watch(self.model) as watch:  # a no-op but for policies that relabel (TransMix)
+            with self.mixer.watch(self.model, labels) as watch:  # a no-op but for policies that relabel (TransMix)
                 logits = self.model(result.images)
             result = watch.relabel(result)
             lam, index = result.lam, result.index

@@ -251,10 +251,11 @@ class Mixer:
 
         return self.mix(images, index, **compute_signals(self.requires, model, images, labels))
 
-    def watch(self, model) -> "NullWatch":
+    def watch(self, model, labels: Optional[Tensor] = None) -> "NullWatch":
         """A context manager around the forward pass of the mixed images whose ``relabel(result)`` returns
-        the result with the policy's final lambda. The base (every policy but the ``relabels`` ones):
-        nothing to watch, ``relabel`` returns the result unchanged."""
+        the result with the policy's final lambda (``labels``: the batch's, for a policy that reads the
+        label's activations). The base (every policy but the ``relabels`` ones): nothing to watch,
+        ``relabel`` returns the result unchanged."""
         return NullWatch()
 
     def __call__(self, images: Tensor, labels: Tensor, model=None):
@@ -268,7 +269,7 @@ class Mixer:
         if self.relabels:
             raise TypeError(f"{self.name}'s targets depend on the model's forward pass of the mixed images, so "
                             "mixer(images, labels) cannot return them: r = mixer.mix(images); with "
-                            "mixer.watch(model) as w: logits = model(r.images); r = w.relabel(r); then the "
+                            "mixer.watch(model, labels) as w: logits = model(r.images); r = w.relabel(r); then the "
                             "loss with r.lam and r.index (samix.targets.mix_targets(labels, r, num_classes))")
         if self.requires and model is None:
             self._check_signals({})

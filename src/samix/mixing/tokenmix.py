@@ -4,29 +4,38 @@ activation maps of the two images.
 On a grid of ``patch``-pixel tokens (16 for 224-px ViTs; 4 on the 28-px CPU recipe), a share ``1 - lam``
 of the tokens (``lam ~ Beta(alpha, alpha)``) is taken from the partner, placed as BEiT-style random
 rectangles (each of 16 or more tokens where the grid allows, aspect ratio in [0.3, 1/0.3], drawn until the
-count is reached, the last one cut to fit) rather than one box. The label weight is content-based
-(``requires = ("cam",)``: the semantic percent maps ``S, S_j`` of :func:`samix.mixing.signals.
-semantic_percent_map`, one extra forward, eval mode, no gradient)::
+count is reached, the last one cut to fit) rather than one box. The label weight is content-based, from
+activation maps ``S`` (for the original's label) and ``S_j`` (for the partner's)::
 
     lam = sum(M S) / (sum(M S) + sum((1 - M) S_j))      (M = 1 on the original's tokens)
 
-Differences from the paper: the activation maps come from the online model (the paper uses a pre-trained
-teacher, "TokenMix with a teacher" being its best variant; ``mixer.mix(x, cam=teacher_maps)`` in a custom
-loop does that), computed on the patch-token map with the classifier's weights (a ViT's head reads the
-class token, so this is the map of the patch features, not an exact decomposition of the logit); a pair
-whose two maps are both empty where they are kept falls back to the token share.
+``label_maps`` says whose activations these are:
+
+* ``"mixed"`` (default): the mixed image's own final patch tokens ``t_p`` of the same forward pass,
+  ``S_p = relu(W_y . t_p + b_y)`` with the classifier ``(W, b)`` and each source's label (``relabels``:
+  read through a forward hook on the ViT's final norm while ``mixer.watch(model, labels)`` is on; no extra
+  pass, so the step costs what CutMix's does);
+* ``"sources"``: the semantic percent maps of the two source images (``requires = ("cam",)``:
+  :func:`samix.mixing.signals.semantic_percent_map`, one extra forward, eval mode, no gradient): the
+  paper's definition, where the maps come from a pre-trained teacher ("TokenMix with a teacher", its best
+  variant: ``mixer.mix(x, cam=teacher_maps)`` in a custom loop).
+
+Both are on the patch-token map with the classifier's weights (a ViT's head reads the class token, so this
+is the map of the patch features, not an exact decomposition of the logit). A pair whose two maps are
+empty where they are kept falls back to the token share.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from samix._checks import check_int
+from samix._checks import check_choice, check_int
 
 from .base import MixResult, Mixer, mask_mix
 from .registry import register_mixer
@@ -61,14 +70,24 @@ class TokenMix(Mixer):
 
     name = "tokenmix"
     needs_model = True
-    requires = ("cam",)
+    requires = ("cam",)  # the class-level declaration (photo grids, sweeps); an instance sets its own
 
-    def __init__(self, *args, patch: int = 16, min_block: int = 16, **kwargs) -> None:
+    def __init__(self, *args, patch: int = 16, min_block: int = 16, label_maps: str = "mixed", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.patch = check_int("patch", patch, low=1, type_error=ValueError)
         self.min_block = check_int("min_block", min_block, low=1, type_error=ValueError)
+        self.label_maps = check_choice("label_maps", label_maps, ("mixed", "sources"))
+        self.requires = ("cam",) if self.label_maps == "sources" else ()
+        self.relabels = self.label_maps == "mixed"
+
+    def watch(self, model, labels=None):
+        if not self.relabels:
+            return super().watch(model, labels)
+        return TokenActivationWatch(model, labels, self.patch)
 
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray, cam: Tensor = None) -> MixResult:
+        if cam is None and not self.requires:  # label_maps="mixed": lambda comes after the forward pass
+            cam = torch.full(images.shape[:1] + images.shape[-2:], 1.0, device=images.device)
         b, _, h, w = images.shape
         if h % self.patch or w % self.patch:
             raise ValueError(f"tokenmix: patch {self.patch} must divide the image ({h} x {w}); set mixer.patch to "
@@ -93,7 +112,65 @@ class TokenMix(Mixer):
         return MixResult(mixed, lam_t.float(), index, mask.to(images.dtype))
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", patch={self.patch}, min_block={self.min_block})"
+        return super().__repr__()[:-1] + f", patch={self.patch}, min_block={self.min_block}, " \
+            f"label_maps={self.label_maps!r})"
 
 
-__all__ = ["TokenMix", "block_token_mask"]
+class TokenActivationWatch:
+    """Keeps a ViT's final normalised patch tokens of one forward pass, then sets each mixed sample's lambda
+    from its own tokens' activations for the two labels (``label_maps="mixed"``)."""
+
+    def __init__(self, model, labels, patch: int) -> None:
+        net = getattr(model, "net", model)
+        norm = getattr(net, "norm", None)
+        classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+        prefix = int(getattr(model, "num_prefix_tokens", getattr(net, "num_prefix_tokens", 0)) or 0)
+        if norm is None or not getattr(net, "blocks", None) or not isinstance(classifier, torch.nn.Linear):
+            raise TypeError("tokenmix with label_maps='mixed' reads the final patch tokens of a vision transformer "
+                            f"(a timm VisionTransformer: ViT, DeiT); {type(model).__name__} has none. Use "
+                            "label_maps='sources' (activation maps of the source images) or cutmix on a CNN")
+        if labels is None:
+            raise TypeError("tokenmix's watch needs the batch's labels: mixer.watch(model, labels)")
+        self.norm, self.classifier, self.prefix, self.labels = norm, classifier, prefix, labels
+        self.tokens: Optional[Tensor] = None
+        self._handle = None
+
+    def _hook(self, module, inputs, output) -> None:
+        self.tokens = output[:, self.prefix:].detach()
+
+    def __enter__(self) -> "TokenActivationWatch":
+        self._handle = self.norm.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    @torch.no_grad()  # a label weight: no gradient into the classifier
+    def relabel(self, result: MixResult) -> MixResult:
+        if self.tokens is None:
+            raise RuntimeError("tokenmix: no tokens were recorded; call the model inside `with mixer.watch(...)`")
+        if result.mask is None:
+            return result
+        t = self.tokens.float()
+        b, n, _ = t.shape
+        y = self.labels.to(t.device).long()
+        if y.dim() != 1:
+            y = y.argmax(1)
+        w, bias = self.classifier.weight.float(), self.classifier.bias
+        index = result.index.to(t.device)
+
+        def act(lbl):
+            a = torch.einsum("bnc,bc->bn", t, w[lbl])
+            return F.relu(a + (bias.float()[lbl].view(-1, 1) if bias is not None else 0.0))
+
+        h, wd = result.mask.shape[-2:]
+        gh = int(round((n * h / wd) ** 0.5))
+        m = F.adaptive_avg_pool2d(result.mask.float().to(t.device), (gh, n // gh)).flatten(1)
+        w_a = (m * act(y)).sum(1)
+        w_b = ((1 - m) * act(y[index])).sum(1)
+        total = w_a + w_b
+        lam = torch.where(total > 1e-6, w_a / total.clamp_min(1e-6), m.mean(1))
+        return MixResult(result.images, lam.to(result.lam.dtype), result.index, result.mask)
+
+
+__all__ = ["TokenActivationWatch", "TokenMix", "block_token_mask"]

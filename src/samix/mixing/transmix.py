@@ -103,7 +103,7 @@ class TransMix(CutMix):
     needs_model = True
     relabels = True
 
-    def watch(self, model) -> AttentionWatch:
+    def watch(self, model, labels=None) -> AttentionWatch:
         return AttentionWatch(model)
 
 
