@@ -13,6 +13,7 @@ engine's ``Stepper`` on one fixed synthetic batch:
   last block's attention computed explicitly under the watch): on a ViT only (``--vit``);
 * ``tokenmix``: token-level rectangles with lambda from the activation maps of one extra forward (eval
   mode, no gradient): on a ViT only;
+* ``smmix``: max-min attention windows from one extra forward (eval mode, no gradient): on a ViT only;
 * ``augmix``: the three views ``(clean, augmix_1, augmix_2)`` in one forward (the AugMix chains run in the
   data loader, so they are not part of the step; the views here are noise).
 
@@ -38,9 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _trainbench as tb  # noqa: E402
 import torch  # noqa: E402
 
-TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1}
-CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "tokenmix", "augmix")
-VIT_ONLY = ("transmix", "tokenmix")
+TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1, "smmix": 1.1}
+CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "tokenmix", "smmix",
+              "augmix")
+VIT_ONLY = ("transmix", "tokenmix", "smmix")
 #: configs/fashion_mnist/_vit.yaml's network
 VIT_KWARGS = ["img_size=28", "patch_size=4", "depth=6", "embed_dim=96", "num_heads=3"]
 

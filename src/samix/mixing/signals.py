@@ -17,6 +17,10 @@
   mean), upsampled bilinearly, minus its minimum, over its sum. Eval mode, no gradient (the official code
   runs this extra forward in train mode, which also moves the BatchNorm statistics).
 
+* ``attention`` (SMMix, Chen et al. 2023): the class token's attention over the patch tokens in a vision
+  transformer's last block, head mean, ``[B, gh, gw]`` (eval mode, no gradient; read as TransMix reads it,
+  :class:`samix.mixing.transmix.AttentionWatch`): one extra forward.
+
 The model is any module mapping images to logits (duck typing: this layer imports no model code). Labels
 are integer class indices ``[B]`` or probability rows ``[B, K]``.
 """
@@ -99,11 +103,31 @@ def semantic_percent_map(model, images: Tensor, labels: Tensor) -> Tensor:
     return cam / cam.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
 
 
+def class_token_attention(model, images: Tensor, labels: Tensor = None) -> Tensor:
+    """``[B, gh, gw]`` float32: the last block's class-token attention over the patches (head mean)."""
+    from .transmix import AttentionWatch
+
+    watch = AttentionWatch(model)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad(), watch:
+            model(images)
+    finally:
+        if was_training:
+            model.train()
+    row = watch.row
+    h, w = images.shape[-2:]
+    gh = int(round((row.shape[1] * h / w) ** 0.5))
+    return row.view(row.shape[0], gh, row.shape[1] // gh)
+
+
 #: name -> ``fn(model, images, labels) -> Tensor``
 SIGNALS: Dict[str, Callable[..., Tensor]] = {
     "saliency": input_saliency,
     "activation": last_activation,
     "cam": semantic_percent_map,
+    "attention": class_token_attention,
 }
 
 
@@ -117,4 +141,5 @@ def compute_signals(names: Sequence[str], model, images: Tensor, labels: Tensor)
     return out
 
 
-__all__ = ["SIGNALS", "compute_signals", "input_saliency", "last_activation", "semantic_percent_map"]
+__all__ = ["SIGNALS", "class_token_attention", "compute_signals", "input_saliency", "last_activation",
+           "semantic_percent_map"]

@@ -52,7 +52,7 @@ def default_policies() -> list[str]:
 def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
     """Model-free stand-ins for what a model-guided policy reads, to show it on photos without a network:
     the spectral-residual saliency (SaliencyMix's) at full size for ``saliency``, and the same map
-    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation``, and normalised to sum
+    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation`` and ``attention``, and normalised to sum
     to 1 for ``cam`` (a semantic percent map). A figure of such a
     policy says so in its row label; in training the signals come from the online model."""
     import torch.nn.functional as F
@@ -67,7 +67,7 @@ def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
     for n in names:
         if n == "saliency":
             out[n] = sal
-        elif n == "activation":
+        elif n in ("activation", "attention"):
             out[n] = F.adaptive_avg_pool2d(sal.unsqueeze(1), 7).squeeze(1)
         elif n == "cam":  # a semantic percent map: non-negative, summing to 1
             c = sal - sal.flatten(1).min(1).values.view(-1, 1, 1)
