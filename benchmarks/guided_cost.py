@@ -14,6 +14,8 @@ engine's ``Stepper`` on one fixed synthetic batch:
 * ``tokenmix``: token-level rectangles with lambda from the activation maps of one extra forward (eval
   mode, no gradient): on a ViT only;
 * ``smmix``: max-min attention windows from one extra forward (eval mode, no gradient): on a ViT only;
+* ``vanilla_x3``: a vanilla step on a batch of 3 x ``--batch`` images, the floor of ``augmix`` (which runs
+  its three views as one batch of that size);
 * ``augmix``: the three views ``(clean, augmix_1, augmix_2)`` in one forward (the AugMix chains run in the
   data loader, so they are not part of the step; the views here are noise).
 
@@ -41,15 +43,18 @@ import torch  # noqa: E402
 
 TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1, "smmix": 1.1}
 CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "tokenmix", "smmix",
-              "augmix")
+              "augmix", "vanilla_x3")
 VIT_ONLY = ("transmix", "tokenmix", "smmix")
 #: configs/fashion_mnist/_vit.yaml's network
 VIT_KWARGS = ["img_size=28", "patch_size=4", "depth=6", "embed_dim=96", "num_heads=3"]
 
 
 def overrides(name: str, args) -> list:
-    ov = tb.model_overrides(args.model, args.width, args.in_chans, args.batch, "fp32", False,
+    batch = 3 * args.batch if name == "vanilla_x3" else args.batch
+    ov = tb.model_overrides(args.model, args.width, args.in_chans, batch, "fp32", False,
                             model_kwargs=args.model_kwargs)
+    if name == "vanilla_x3":
+        return ov
     if name == "augmix":
         return ov + ["algorithm.name=augmix"]
     if name != "vanilla":
@@ -61,7 +66,8 @@ def overrides(name: str, args) -> list:
 
 def build(name: str, args, device):
     cfg, algo, opt = tb.build_candidate(overrides(name, args), 10, args.in_chans, device)
-    x, y = tb.synthetic_batch(args.batch, args.in_chans, args.size, 10, device)
+    x, y = tb.synthetic_batch(3 * args.batch if name == "vanilla_x3" else args.batch, args.in_chans, args.size, 10,
+                              device)
     batch = None
     if name == "augmix":
         x2 = tb.synthetic_batch(args.batch, args.in_chans, args.size, 10, device, seed=1)[0]
