@@ -7,6 +7,7 @@ engine's ``Stepper`` on one fixed synthetic batch:
 * ``vanilla``: supervised, no mixer;
 * ``mixup``, ``cutmix``: the static references;
 * ``puzzlemix``: the saliency pass (forward + backward of the model in eval mode), graph cut, transport;
+* ``comixup``: the saliency pass, then a graph cut per output of every partition of 20 (4 sweeps);
 * ``attentivemix``: one extra forward (eval mode, no gradient) for the activation map;
 * ``snapmix``: one extra forward (eval mode, no gradient) for the class activation maps;
 * ``transmix``: CutMix boxes with lambda from the class token's attention of the same forward pass (the
@@ -41,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _trainbench as tb  # noqa: E402
 import torch  # noqa: E402
 
-TARGETS = {"puzzlemix": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1, "smmix": 1.1}
-CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "attentivemix", "snapmix", "transmix", "tokenmix", "smmix",
+TARGETS = {"puzzlemix": 2.0, "comixup": 2.0, "augmix": 3.2, "transmix": 1.1, "tokenmix": 1.1, "smmix": 1.1}
+CANDIDATES = ("vanilla", "mixup", "cutmix", "puzzlemix", "comixup", "attentivemix", "snapmix", "transmix", "tokenmix", "smmix",
               "augmix", "vanilla_x3")
 VIT_ONLY = ("transmix", "tokenmix", "smmix")
 #: configs/fashion_mnist/_vit.yaml's network

@@ -49,7 +49,7 @@ def test_the_augmix_row_and_the_cpu_recipes_build():
     assert (cfg.algorithm.name, cfg.algorithm.augmix_alpha, cfg.algorithm.jsd_weight) == ("augmix", 1.0, 12.0)
     pytest.importorskip("gco")
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    for name in ("puzzlemix", "attentivemix", "snapmix", "augmix", "vit_vanilla", "vit_mixup", "vit_cutmix",
+    for name in ("puzzlemix", "comixup", "attentivemix", "snapmix", "augmix", "vit_vanilla", "vit_mixup", "vit_cutmix",
                  "vit_transmix", "vit_tokenmix", "vit_smmix", "mocov2_interintra"):
         c = load_config(REPO / "configs/fashion_mnist" / f"{name}.yaml")
         algo = build_algorithm_from_config(c, dataset_info("fashion_mnist"), torch.device("cpu"),

@@ -84,9 +84,13 @@ def mix_targets(labels: Tensor, result, num_classes: Optional[int] = None, label
 
     ``result`` is a :class:`~samix.mixing.MixResult` (or anything with ``lam``/``index``). A result with a
     per-sample ``weight`` (SnapMix) gives rows scaled by it: ``w_a p(y) + w_b p(y[index])``, which sum to
-    ``w_a + w_b`` (the policy's definition), so soft-target cross-entropy against them is its loss.
+    ``w_a + w_b`` (the policy's definition), so soft-target cross-entropy against them is its loss. A
+    result with ``sources`` (outputs of several inputs, Co-Mixup) gives ``sources @ p(y)``.
     """
     probs = to_probs(labels, num_classes, label_smoothing, dtype)
+    sources = getattr(result, "sources", None)
+    if sources is not None:  # outputs of several inputs (Co-Mixup): their shares of each input's label
+        return sources.to(device=probs.device, dtype=dtype) @ probs
     lam = result.lam.to(device=probs.device, dtype=dtype).unsqueeze(1)
     index = result.index.to(probs.device)
     out = torch.lerp(probs.index_select(0, index), probs, lam)  # index_select: ~8x faster than probs[index] on CPU

@@ -46,6 +46,11 @@ class Supervised(Algorithm):
             result = watch.relabel(result)
             lam, index = result.lam, result.index
             weight = result.weight
+            if result.sources is not None:  # outputs of several inputs: the loss against their soft targets
+                from samix.targets import mix_targets
+
+                labels = mix_targets(labels, result, num_classes=self.num_classes)
+                lam, index = torch.ones(b, device=images.device), torch.arange(b, device=images.device)
         loss = self.loss_fn(logits, labels, lam, index) if weight is None else \
             self.loss_fn(logits, labels, lam, index, weight=weight)
         return {"loss": loss}

@@ -43,6 +43,9 @@ class MixResult:
         weight: float32 ``[B]`` per-sample loss weight, or ``None`` (1). For policies whose two label
             weights ``(w_a, w_b)`` need not sum to 1 (SnapMix): ``lam = w_a / (w_a + w_b)`` and
             ``weight = w_a + w_b``, so that ``weight * L(lam)`` is their loss for any mixed loss ``L``.
+        sources: float32 ``[B, B]`` or ``None``: for policies whose outputs mix more than two inputs
+            (Co-Mixup), row ``i`` holds the share of every input in output ``i`` (rows sum to 1). The
+            targets are then ``sources @ p(y)``, and ``lam``/``index`` only describe the largest two shares.
     """
 
     images: Tensor
@@ -50,6 +53,7 @@ class MixResult:
     index: Tensor
     mask: Optional[Tensor] = None
     weight: Optional[Tensor] = None
+    sources: Optional[Tensor] = None
 
 
 #: Kept for the policies that import it from here (``from .base import _check_number``).
