@@ -69,6 +69,22 @@ def test_eta_balanced_instance_loss_is_bce_plus_eta_infonce(eta):
         torch.testing.assert_close(got["loss"], bce)
 
 
+@pytest.mark.parametrize("which", ["eta", "bce", "nce"])
+def test_table_9s_instance_objectives_are_the_terms_they_name(which):
+    """algorithm.instance_loss: l+ + eta l- (default), l+ alone, l- alone, on the Mixer's embeddings."""
+    algo = _algo(instance_loss=which, eta=0.5)
+    g = torch.Generator().manual_seed(4)
+    z, k = torch.randn(6, 128, generator=g), torch.randn(6, 128, generator=g)
+    neg = torch.randn(32, 128, generator=g)
+    index, lam = torch.tensor([3, 0, 5, 1, 2, 4]), torch.rand(6, generator=g)
+    got = algo.generation_loss(z, k, index, lam, neg)
+    ref = eta_balanced_instance_loss(z, k, index, lam, neg, eta=0.5, temperature=0.2)
+    want = {"eta": ref["loss"], "bce": ref["bce"], "nce": ref["nce"]}[which]
+    torch.testing.assert_close(got["loss"], want)
+    with pytest.raises(ValueError, match="instance_loss"):
+        _algo(instance_loss="ce")
+
+
 def test_eta_must_be_non_negative():
     z = torch.randn(4, 3)
     with pytest.raises(ValueError, match="eta"):

@@ -98,6 +98,8 @@ _check_bool = partial(_checks.check_bool, what=_WHAT)
 _check_choice = partial(_checks.check_choice, what=_WHAT)
 
 MASK_LOSSES = ("none", "l1", "l2")
+#: Table 9's instance-level generation objectives: l+ + eta l- (the default), l+ (BCE) or l- (infoNCE) alone
+INSTANCE_LOSSES = ("eta", "bce", "nce")
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
@@ -120,7 +122,8 @@ class SAMixI(MoCo):
     """SAMix-I: MoCo v2 + SAMix's Mixer trained with the eta-balanced instance loss (module docstring).
 
     Options: those of :class:`~samix.algorithms.ssl.moco.MoCo` plus ``alpha`` (2.0, both lambdas),
-    ``stage`` (3, of the momentum backbone), ``eta`` (0.5), ``mask_loss`` (``"l1"`` | ``"l2"`` |
+    ``stage`` (3, of the momentum backbone), ``eta`` (0.5), ``instance_loss`` (``"eta"`` | ``"bce"`` |
+    ``"nce"``: Table 9's instance objectives), ``mask_loss`` (``"l1"`` | ``"l2"`` |
     ``"none"``), ``mask_loss_weight`` (0.1) -> ``mask_loss_weight_end`` (0.0) linearly, ``mask_margin``
     (0.1), ``variance_loss`` (True), ``mixup_fallback`` (0.08), ``upsample`` (``"bilinear"``), the Mixer's
     modules ``attention``, ``adaptive_lambda``, ``nonlinear_content``, ``lam_adjust`` (all True),
@@ -140,6 +143,7 @@ class SAMixI(MoCo):
         "alpha": 2.0,
         "stage": 3,
         "eta": 0.5,
+        "instance_loss": "eta",
         "mask_loss": "l1",
         "mask_loss_weight": 0.1,
         "mask_loss_weight_end": 0.0,
@@ -175,6 +179,7 @@ class SAMixI(MoCo):
                             f"got {type(model).__name__}")
         _checks.check_int("stage", o["stage"], low=1, high=len(channels), what=_WHAT, type_error=ValueError)
         _check_number("eta", o["eta"], 0.0)
+        _check_choice("instance_loss", o["instance_loss"], INSTANCE_LOSSES)
         _check_choice("mask_loss", o["mask_loss"], MASK_LOSSES)
         _check_number("mask_loss_weight", o["mask_loss_weight"], 0.0)
         _check_number("mask_loss_weight_end", o["mask_loss_weight_end"], 0.0)
@@ -241,10 +246,14 @@ class SAMixI(MoCo):
     def generation_loss(self, z_g: Tensor, targets: Tensor, index: Tensor, lam: Tensor,
                         neg: Tensor) -> Dict[str, Tensor]:
         """The Mixer's objective on the momentum encoder's embeddings ``z_g`` of its mixed sample:
-        SAMix-I's :func:`eta_balanced_instance_loss` (``{"loss", "bce", "nce"}``)."""
+        SAMix-I's :func:`eta_balanced_instance_loss` (``{"loss", "bce", "nce"}``); ``instance_loss`` picks
+        Table 9's row: ``"eta"`` (``l+ + eta l-``), ``"bce"`` (``l+``) or ``"nce"`` (``l-``, the mixup infoNCE)."""
         o = self.options
-        return eta_balanced_instance_loss(z_g, targets, index, lam, neg, eta=float(o["eta"]),
-                                          temperature=float(o["temperature"]))
+        terms = eta_balanced_instance_loss(z_g, targets, index, lam, neg, eta=float(o["eta"]),
+                                           temperature=float(o["temperature"]))
+        if o["instance_loss"] != "eta":
+            terms["loss"] = terms[o["instance_loss"]]
+        return terms
 
     def generation_terms(self, x_q: Tensor, targets: Tensor, neg: Tensor, mask: Tensor, mask_raw: Tensor,
                          lam: Tensor, index: Tensor, early: bool) -> Dict[str, Tensor]:
