@@ -242,8 +242,8 @@ class Mixer:
         if missing:
             raise TypeError(
                 f"{self.name} reads the model's {', '.join(missing)} besides the images: call "
-                f"mixer(images, labels, model=model) or mixer.mix_with_model(model, images, labels) (one extra "
-                f"forward + backward of the model, see samix.mixing.signals), or pass "
+                f"mixer(images, labels, model=model) or mixer.mix_with_model(model, images, labels) (one extra pass "
+                f"of the model, see samix.mixing.signals), or pass "
                 f"{', '.join(n + '=...' for n in missing)} to mixer.mix")
 
     def mix_with_model(self, model, images: Tensor, labels: Tensor, index: Optional[Tensor] = None) -> MixResult:
