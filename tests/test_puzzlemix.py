@@ -193,3 +193,44 @@ def test_cpu_recipe_trains_an_epoch(tmp_path):
         "data.train_subset=null", f"data.root={root}", f"out_dir={tmp_path / 'run'}", "log_interval=1000"])
     s = trainer.train(cfg)
     assert 0 <= s["top1_last"] <= 100
+
+
+def test_adversarial_sides_follow_the_gradient_sign_within_eps_in_pixel_space():
+    """adv_p = 1: both sides perturbed; in pixel space the perturbation stays within adv_eps/255, the image
+    within [0, 1], and where it is not clipped its sign is the sign of the input gradient at the start."""
+    from samix.mixing.signals import input_gradient
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 10))
+    mean, std = [0.5], [0.25]
+    raw = 0.2 + 0.6 * torch.rand(6, 1, 16, 16)           # inside (0.2, 0.8): no clipping at [0, 1]
+    x, y = (raw - 0.5) / 0.25, torch.randint(0, 10, (6,))
+    pm = _pm(adv_p=1.0, adv_eps=4.0, mean=mean, std=std, transport=False, block_nums=[4], n_labels=2)
+    seen = {}
+    orig = pm.perturb
+
+    def keep(images, noise):
+        seen.setdefault("noise", noise)
+        return orig(images, noise)
+
+    pm.perturb = keep
+    r = pm.mix_with_model(model, x, y)
+    noise = seen["noise"]
+    eps = 4.0 / 255
+    assert float(noise.abs().max()) <= eps + 1e-7 and float(noise.abs().max()) > 0
+    mixed_raw = r.images * 0.25 + 0.5
+    assert float(mixed_raw.min()) >= -1e-6 and float(mixed_raw.max()) <= 1 + 1e-6
+    # the step: sign(noise) = sign(grad at the random start), whatever the start (|start| < step)
+    g = input_gradient(model, x, y)   # the start moves x by < eps: the sign agrees on nearly every pixel
+    agree = (noise.sign() == g.sign()) | (g == 0)
+    assert float(agree.float().mean()) > 0.9
+    # without a model there is no gradient to follow: mix() with adv_p > 0 is the plain policy
+    assert pm.mix(x, saliency=torch.rand(6, 16, 16)).images.shape == x.shape
+
+
+def test_adversarial_noise_needs_the_normalisation():
+    with pytest.raises(ValueError, match="mean and std"):
+        _pm(adv_p=0.1)
+    with pytest.raises(ValueError, match="adv_p"):
+        _pm(adv_p=1.5, mean=[0.5], std=[0.5])

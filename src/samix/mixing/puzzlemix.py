@@ -40,8 +40,14 @@ Where this code differs from the official one, and why:
 - **Any number of channels** (the official transport hard-codes 3), and non-negative edge costs (a
   negative smoothness edge, possible when the data term outweighs ``beta'``, is clipped at 0, which the
   swap move requires).
-- The official ``clean_lam`` (the saliency pass doubling as a clean loss in train mode) and adversarial
-  noise (``adv_p``) options are not built.
+- **Adversarial noise** (``adv_p``, ``adv_eps``: the official ``--adv_p 0.1 --adv_eps 10``): with
+  probability ``adv_p`` per side (the original, the partner; one draw each per batch), that side of the mix
+  carries the official perturbation, in pixel space (``mean``/``std`` required): a uniform random start in
+  ``[-eps, eps]`` (``eps = adv_eps / 255``), the input gradient taken *there* (the saliency then comes from
+  that gradient, as the official code), one step ``(adv_eps + 2) / 255 * sign(grad)``, clipped to ``eps``,
+  scaled by one ``U(0, 1)`` draw, the image clipped to ``[0, 1]``. It needs the model, so it runs in
+  :meth:`PuzzleMix.mix_with_model` (a plain ``mix(x, saliency=S)`` has no gradient to follow and says so).
+- The official ``clean_lam`` (the saliency pass doubling as a clean loss in train mode) is not built.
 - ``mode="batch"``: one ``lam`` for the batch (official), each image its own cut; ``mode="elem"``: one per
   sample.
 """
@@ -122,7 +128,8 @@ class PuzzleMix(Mixer):
     def __init__(self, *args, n_labels: int = 3, beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2,
                  neigh_size: int = 4, transport: bool = True, t_eps: float = 0.8, t_size: int = 4,
                  t_max_grid: int = 8, block_nums: Optional[Sequence[int]] = None,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, **kwargs) -> None:
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 adv_p: float = 0.0, adv_eps: float = 10.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.n_labels = check_int("n_labels", n_labels, low=2, type_error=ValueError)
         self.beta = check_number("beta", beta, low=0.0)
@@ -140,6 +147,12 @@ class PuzzleMix(Mixer):
         self.block_nums = block_nums
         self.mean = None if mean is None else tuple(float(v) for v in mean)
         self.std = None if std is None else tuple(float(v) for v in std)
+        self.adv_p = check_number("adv_p", adv_p, low=0.0, high=1.0)
+        self.adv_eps = check_number("adv_eps", adv_eps, low=0.0)
+        if self.adv_p > 0 and (self.mean is None or self.std is None):
+            raise ValueError("puzzlemix adv_p > 0 perturbs images in pixel space: set mean and std (the data's "
+                             "normalisation, e.g. mean=[0.2860] std=[0.3530] for Fashion-MNIST)")
+        self._adv = None  # (noise [B, C, H, W] in pixel units, on the original?, on the partner?) of this mix
 
     # ------------------------------------------------------------------ geometry
     def candidate_block_nums(self, side: int) -> Tuple[int, ...]:
@@ -240,6 +253,46 @@ class PuzzleMix(Mixer):
             source_of[i, cols] = rows
         return torch.from_numpy(source_of).to(saliency.device)
 
+    # ------------------------------------------------------------------ adversarial noise
+    def _stats(self, x: Tensor):
+        c = x.shape[1]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean/std must have one value per channel ({c}), got {self.mean} / {self.std}")
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def perturb(self, images: Tensor, noise: Tensor) -> Tensor:
+        """``images`` (normalised) with ``noise`` added in pixel space, clipped to ``[0, 1]`` there."""
+        mean, std = self._stats(images)
+        raw = (images * std + mean + noise.to(images.dtype)).clamp(0.0, 1.0)
+        return (raw - mean) / std
+
+    def mix_with_model(self, model, images: Tensor, labels: Tensor, index: Optional[Tensor] = None) -> MixResult:
+        """The saliency pass, then :meth:`mix`; with ``adv_p > 0`` the pass runs at a randomly perturbed
+        input and its gradient also gives the adversarial noise (module docstring)."""
+        if self.adv_p <= 0:
+            return super().mix_with_model(model, images, labels, index)
+        from .signals import input_gradient
+
+        sides = self.numpy_rng().random(2) < self.adv_p
+        if not sides.any():
+            return super().mix_with_model(model, images, labels, index)
+        eps = self.adv_eps / 255.0
+        mean, std = self._stats(images)
+        g = torch.Generator().manual_seed(self._seed())
+        start = (torch.rand(images.shape, generator=g, dtype=torch.float32) * 2 - 1).to(images.device) * eps
+        raw = images.detach() * std + mean
+        start = (raw + start).clamp(0.0, 1.0) - raw           # the random start, inside [0, 1]
+        grad = input_gradient(model, (raw + start - mean) / std, labels)
+        noise = (start + (self.adv_eps + 2) / 255.0 * grad.sign()).clamp(-eps, eps)
+        noise = noise * float(self.numpy_rng().random())
+        self._adv = (noise, bool(sides[0]), bool(sides[1]))
+        try:
+            return self.mix(images, index, saliency=grad.float().pow(2).mean(1).sqrt())
+        finally:
+            self._adv = None
+
     # ------------------------------------------------------------------ the policy
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray, saliency: Tensor = None) -> MixResult:
         b, _, h, w = images.shape
@@ -254,6 +307,12 @@ class PuzzleMix(Mixer):
         grid = self.optimal_masks(images, index, saliency, lam, n)
         mask = F.interpolate(grid.unsqueeze(1), size=(h, w), mode="nearest")
         own, other = images, images[index]
+        if self._adv is not None:  # adversarial sides (mix_with_model with adv_p > 0)
+            noise, on_own, on_other = self._adv
+            if on_own:
+                own = self.perturb(own, noise)
+            if on_other:
+                other = self.perturb(other, noise[index])
         if self.transport:
             g = self.transport_grid(h, h // n)
             own = transport_blocks(own, self.transport_plan(saliency, mask, g), g)

@@ -41,8 +41,9 @@ def _loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels.long())
 
 
-def input_saliency(model, images: Tensor, labels: Tensor) -> Tensor:
-    """``[B, H, W]`` float32: ``sqrt(mean over channels of (dL/dx)^2)`` of the mean cross-entropy."""
+def input_gradient(model, images: Tensor, labels: Tensor) -> Tensor:
+    """``[B, C, H, W]``: the gradient of the mean cross-entropy with respect to the input only (eval mode,
+    nothing accumulated in the parameters), the raw material of ``saliency``."""
     if model is None or not callable(model):
         raise TypeError("the saliency signal needs the model (a module mapping images to logits), got "
                         f"{type(model).__name__}")
@@ -57,7 +58,12 @@ def input_saliency(model, images: Tensor, labels: Tensor) -> Tensor:
     finally:
         if was_training:
             model.train()
-    return grad.float().pow(2).mean(1).sqrt()
+    return grad
+
+
+def input_saliency(model, images: Tensor, labels: Tensor) -> Tensor:
+    """``[B, H, W]`` float32: ``sqrt(mean over channels of (dL/dx)^2)`` of the mean cross-entropy."""
+    return input_gradient(model, images, labels).float().pow(2).mean(1).sqrt()
 
 
 def last_activation(model, images: Tensor, labels: Tensor = None) -> Tensor:
@@ -141,5 +147,5 @@ def compute_signals(names: Sequence[str], model, images: Tensor, labels: Tensor)
     return out
 
 
-__all__ = ["SIGNALS", "class_token_attention", "compute_signals", "input_saliency", "last_activation",
+__all__ = ["SIGNALS", "class_token_attention", "compute_signals", "input_gradient", "input_saliency", "last_activation",
            "semantic_percent_map"]
