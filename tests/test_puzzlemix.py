@@ -234,3 +234,29 @@ def test_adversarial_noise_needs_the_normalisation():
         _pm(adv_p=0.1)
     with pytest.raises(ValueError, match="adv_p"):
         _pm(adv_p=1.5, mean=[0.5], std=[0.5])
+
+
+@pytest.mark.parametrize("policy", ["puzzlemix", "comixup"])
+def test_clean_lam_adds_the_saliency_pass_clean_loss_to_the_step(policy):
+    """clean_lam > 0 (the official option): the step's loss is the mixed loss plus clean_lam x CE on the clean
+    images from the saliency pass (train mode), whose gradient reaches the model; with a model without
+    BatchNorm or dropout the masks are those of clean_lam = 0."""
+    from samix.algorithms import build_algorithm
+
+    def run(clean_lam):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(4, 10))
+        mixer = build_mixer(policy, num_classes=10, generator=torch.Generator().manual_seed(1), clean_lam=clean_lam,
+                            **({"block_nums": [4]} if policy == "puzzlemix" else {"part": 4}))
+        algo = build_algorithm("supervised", model=model, num_classes=10, mixer=mixer)
+        x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+        return algo((x, y)), model, x, y
+
+    base, _, _, _ = run(0.0)
+    out, model, x, y = run(0.5)
+    assert "loss_clean" not in base
+    torch.testing.assert_close(out["loss_clean"], 0.5 * nn.functional.cross_entropy(model(x), y))
+    torch.testing.assert_close(out["loss"] - out["loss_clean"], base["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())

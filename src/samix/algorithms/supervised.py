@@ -53,4 +53,7 @@ class Supervised(Algorithm):
                 lam, index = torch.ones(b, device=images.device), torch.arange(b, device=images.device)
         loss = self.loss_fn(logits, labels, lam, index) if weight is None else \
             self.loss_fn(logits, labels, lam, index, weight=weight)
+        extra = None if self.mixer is None or self.mixer.mixes_features else result.extra_loss
+        if extra is not None:  # a saliency pass's clean loss (clean_lam): part of the step
+            return {"loss": loss + extra, "loss_clean": extra.detach()}
         return {"loss": loss}

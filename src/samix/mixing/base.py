@@ -46,6 +46,8 @@ class MixResult:
         sources: float32 ``[B, B]`` or ``None``: for policies whose outputs mix more than two inputs
             (Co-Mixup), row ``i`` holds the share of every input in output ``i`` (rows sum to 1). The
             targets are then ``sources @ p(y)``, and ``lam``/``index`` only describe the largest two shares.
+        extra_loss: a scalar the step adds to its loss, or ``None``: the clean-image loss of a saliency
+            pass run with ``clean_lam > 0`` (PuzzleMix, Co-Mixup), with its graph.
     """
 
     images: Tensor
@@ -54,6 +56,7 @@ class MixResult:
     mask: Optional[Tensor] = None
     weight: Optional[Tensor] = None
     sources: Optional[Tensor] = None
+    extra_loss: Optional[Tensor] = None
 
 
 #: Kept for the policies that import it from here (``from .base import _check_number``).
@@ -251,8 +254,14 @@ class Mixer:
         images to logits) and ``labels`` first; the same as :meth:`mix` for a policy that needs none."""
         if not self.requires:
             return self.mix(images, index)
-        from .signals import compute_signals
+        from .signals import compute_signals, saliency_and_clean_loss
 
+        clean_lam = float(getattr(self, "clean_lam", 0.0) or 0.0)
+        if clean_lam > 0 and self.requires == ("saliency",):
+            saliency, clean = saliency_and_clean_loss(model, images, labels)
+            result = self.mix(images, index, saliency=saliency)
+            result.extra_loss = clean_lam * clean
+            return result
         return self.mix(images, index, **compute_signals(self.requires, model, images, labels))
 
     def watch(self, model, labels: Optional[Tensor] = None) -> "NullWatch":

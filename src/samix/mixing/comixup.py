@@ -31,8 +31,10 @@ Differences from the official code, and why:
 - **Hard labels only.** The official cut adds, from the second sweep on, one to three "half" labels that
   blend two of the inputs already in use. Every block here comes from one input, so the targets are the
   exact pixel shares (tested).
-- The ``clean_lam`` option (the saliency pass doubling as a clean loss in train mode) is not built; the
-  saliency pass is PuzzleMix's (eval mode, no parameter gradient). ``lam`` and ``index`` of the result are
+- ``clean_lam`` (the official recipe uses 1): the saliency pass runs in train mode and its CE, times
+  ``clean_lam``, joins the step (``MixResult.extra_loss``); 0 (the default here) gives PuzzleMix's pass (eval
+  mode, no parameter gradient). The official scales the clean term by ``2 / num_classes`` for its softmax
+  BCE; here it is a plain CE beside the configured mixed loss. ``lam`` and ``index`` of the result are
   for display only (the share of input ``i`` in output ``i`` and the largest other source); the targets come
   from ``sources``.
 """
@@ -80,7 +82,7 @@ class CoMixup(Mixer):
     def __init__(self, alpha: float = 2.0, *args, block_num: int = 4, part: int = 20, beta: float = 0.32,
                  gamma: float = 1.0, thres: float = 0.83, thres_type: str = "hard", eta: float = 0.05,
                  omega: float = 0.001, niter: int = 4, set_resolve: bool = True, algorithm: str = "expansion",
-                 **kwargs) -> None:
+                 clean_lam: float = 0.0, **kwargs) -> None:
         super().__init__(alpha, *args, **kwargs)
         self.block_num = check_int("block_num", block_num, low=1, type_error=ValueError)
         self.part = check_int("part", part, low=2, type_error=ValueError)
@@ -93,6 +95,7 @@ class CoMixup(Mixer):
         self.niter = check_int("niter", niter, low=1, type_error=ValueError)
         self.set_resolve = check_bool("set_resolve", set_resolve)
         self.algorithm = check_choice("algorithm", algorithm, ("expansion", "swap"))
+        self.clean_lam = check_number("clean_lam", clean_lam, low=0.0)
 
     # ------------------------------------------------------------------ the assignment
     def compatibility(self, saliency: Tensor) -> Tensor:

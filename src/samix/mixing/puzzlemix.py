@@ -47,7 +47,10 @@ Where this code differs from the official one, and why:
   that gradient, as the official code), one step ``(adv_eps + 2) / 255 * sign(grad)``, clipped to ``eps``,
   scaled by one ``U(0, 1)`` draw, the image clipped to ``[0, 1]``. It needs the model, so it runs in
   :meth:`PuzzleMix.mix_with_model` (a plain ``mix(x, saliency=S)`` has no gradient to follow and says so).
-- The official ``clean_lam`` (the saliency pass doubling as a clean loss in train mode) is not built.
+- ``clean_lam`` (official, 0 by default for CIFAR, 1 for Tiny-ImageNet): the saliency pass runs in train mode
+  and its loss, times ``clean_lam``, joins the step (``MixResult.extra_loss``, logged as ``loss_clean``);
+  the official scales it by ``2 / num_classes`` because its mixed loss is a BCE on the softmax, here the
+  mixed loss is the configured one and the clean term a plain CE. Not combined with ``adv_p``.
 - ``mode="batch"``: one ``lam`` for the batch (official), each image its own cut; ``mode="elem"``: one per
   sample.
 """
@@ -129,7 +132,7 @@ class PuzzleMix(Mixer):
                  neigh_size: int = 4, transport: bool = True, t_eps: float = 0.8, t_size: int = 4,
                  t_max_grid: int = 8, block_nums: Optional[Sequence[int]] = None,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 adv_p: float = 0.0, adv_eps: float = 10.0, **kwargs) -> None:
+                 adv_p: float = 0.0, adv_eps: float = 10.0, clean_lam: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.n_labels = check_int("n_labels", n_labels, low=2, type_error=ValueError)
         self.beta = check_number("beta", beta, low=0.0)
@@ -152,6 +155,9 @@ class PuzzleMix(Mixer):
         if self.adv_p > 0 and (self.mean is None or self.std is None):
             raise ValueError("puzzlemix adv_p > 0 perturbs images in pixel space: set mean and std (the data's "
                              "normalisation, e.g. mean=[0.2860] std=[0.3530] for Fashion-MNIST)")
+        self.clean_lam = check_number("clean_lam", clean_lam, low=0.0)
+        if self.adv_p > 0 and self.clean_lam > 0:
+            raise ValueError("puzzlemix: adv_p and clean_lam together are not built; set one of them to 0")
         self._adv = None  # (noise [B, C, H, W] in pixel units, on the original?, on the partner?) of this mix
 
     # ------------------------------------------------------------------ geometry

@@ -61,6 +61,17 @@ def input_gradient(model, images: Tensor, labels: Tensor) -> Tensor:
     return grad
 
 
+def saliency_and_clean_loss(model, images: Tensor, labels: Tensor):
+    """``(saliency [B, H, W], clean CE)`` from one pass **in train mode** whose loss keeps its graph: the
+    official ``clean_lam`` option of PuzzleMix / Co-Mixup, where the saliency pass doubles as a clean-image
+    loss that takes part in the step (its gradient reaches the parameters through the step's backward)."""
+    x = images.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = _loss(model(x), labels.to(images.device))
+        (grad,) = torch.autograd.grad(loss, x, retain_graph=True)
+    return grad.detach().float().pow(2).mean(1).sqrt(), loss
+
+
 def input_saliency(model, images: Tensor, labels: Tensor) -> Tensor:
     """``[B, H, W]`` float32: ``sqrt(mean over channels of (dL/dx)^2)`` of the mean cross-entropy."""
     return input_gradient(model, images, labels).float().pow(2).mean(1).sqrt()
@@ -147,5 +158,6 @@ def compute_signals(names: Sequence[str], model, images: Tensor, labels: Tensor)
     return out
 
 
-__all__ = ["SIGNALS", "class_token_attention", "compute_signals", "input_gradient", "input_saliency", "last_activation",
+__all__ = ["SIGNALS", "class_token_attention", "compute_signals", "input_gradient", "input_saliency",
+           "saliency_and_clean_loss", "last_activation",
            "semantic_percent_map"]
