@@ -244,8 +244,9 @@ def test_samix_cp_a_mixer_exported_from_samix_c_drives_moco_frozen(tmp_path):
     mixer = tmp_path / "c.safetensors"
     assert main(["export-mixer", str(tmp_path / "c"), str(mixer)]) == 0
     moco = [t for t in tiny if "num_clusters" not in t]
-    s = trainer.train(load_config(REPO / "configs/fashion_mnist/mocov2.yaml", moco + [
-        f"out_dir={tmp_path / 'cp'}", "mixer.name=samix_p", f"mixer.pretrained={mixer}"]))
+    # the CPU recipe of the pre-trained pipeline (samix_ip.yaml), pointed at this SAMix-C Mixer: SAMix-CP
+    s = trainer.train(load_config(REPO / "configs/fashion_mnist/samix_ip.yaml", moco + [
+        f"out_dir={tmp_path / 'cp'}", f"mixer.pretrained={mixer}"]))
     assert 0 <= s["knn_top1"] <= 100
     rows = [json.loads(x) for x in (tmp_path / "cp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss_mix"] > 0 for r in rows)
@@ -255,6 +256,7 @@ def test_samix_cp_a_mixer_exported_from_samix_c_drives_moco_frozen(tmp_path):
     cfg = load_config(tmp_path / "cp" / "config.yaml")
     algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
                                        torch.Generator().manual_seed(0))
+    assert type(algo).__name__ == "MoCo" and type(algo.mixer).__name__ == "SAMixP"
     frozen = algo.mixer.frozen
     assert not any(p.requires_grad for p in frozen.parameters())
     trained = {id(p) for g in algo.param_groups() for p in g["params"]}

@@ -3,6 +3,7 @@ A.4 protocol in each, and an STL-10 row that builds and runs one step as ``samix
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,12 @@ for _s in ("samix_i", "samix_c"):
     for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
         EXPECTED[f"ssl_imagenet/{_s}_{_bb}.yaml"] = ("imagenet", _s, _model, _ep)
 
+# SAMix-IP: Table 6 only (Tiny and IN-1k), MoCo v2 driven by the frozen Mixer of the folder's R-18 SAMix-I row
+for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+    EXPECTED[f"ssl_tiny_imagenet/samix_ip_{_bb}.yaml"] = ("tiny_imagenet", "samix_ip", _model, 400)
+for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
+    EXPECTED[f"ssl_imagenet/samix_ip_{_bb}.yaml"] = ("imagenet", "samix_ip", _model, _ep)
+
 # the cluster-based baseline of Table 5 (samix.txt A.5.2 (a)), STL-10 only
 for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
     for _ep in (400, 800):
@@ -58,7 +65,7 @@ FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
 def test_the_rows_are_exactly_the_cells_of_tables_5_and_6():
     found = {f"{d}/{p.name}" for d in FOLDERS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_")}
     assert found == set(EXPECTED), (sorted(found - set(EXPECTED)), sorted(set(EXPECTED) - found))
-    assert len(EXPECTED) == 28 + 16 + 8 + 8 + 4
+    assert len(EXPECTED) == 28 + 16 + 8 + 8 + 4 + 4
     for d in FOLDERS:
         assert (CONFIGS / d / "_base.yaml").is_file()
 
@@ -90,6 +97,12 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     elif method == "interintra":  # A.5.2 (a): CutMix alpha >= 2 between clusters, Mixup alpha 0.2 within
         assert cfg.mixer.name == "none" and (a.inter, a.intra, a.intra_alpha) == ("cutmix", "mixup", 0.2)
         assert a.inter_alpha >= 2
+    elif method == "samix_ip":  # the pre-trained pipeline: plain MoCo v2, masks from the frozen SAMix-I Mixer
+        prefix = {"tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset]
+        assert (cfg.mixer.name, cfg.mixer.alpha) == ("samix_p", 2.0)
+        assert cfg.mixer.pretrained == f"runs/{prefix}_samix_i_r18/mixer.safetensors"
+        assert load_config(CONFIGS / Path(rel).parent / "samix_i_r18.yaml").name == f"{prefix}_samix_i_r18"
+        assert (cfg.mixer.dataset, cfg.mixer.image_size) == (dataset, SIZE[dataset])
     elif method == "vanilla":
         assert cfg.mixer.name == "none"
     else:
@@ -98,7 +111,8 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     # the header names the table, the cell and the published number
     head = (CONFIGS / rel).read_text().splitlines()[0]
     assert ("Table 5" if dataset == "stl10" else "Table 6") in head and "published linear top-1" in head
-    assert ("SAMix-I" in head) == (method == "samix_i") and ("SAMix-C" in head) == (method == "samix_c")
+    assert bool(re.search(r"SAMix-I\b", head)) == (method == "samix_i") and ("SAMix-C" in head) == (method == "samix_c")
+    assert ("SAMix-IP" in head) == (method == "samix_ip")
     assert ("Inter-Intra" in head) == (method == "interintra")
     assert cfg.name == {"stl10": "stl10", "tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset] + "_" + \
         Path(rel).stem
