@@ -52,6 +52,15 @@ for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
 for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
     EXPECTED[f"ssl_imagenet/samix_ip_{_bb}.yaml"] = ("imagenet", "samix_ip", _model, _ep)
 
+# the pseudo-label PuzzleMix rows "MoCo.V2(C) PuzzleMix" of Tables 5 and 6 (algorithm moco_c)
+for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
+    for _ep in (400, 800):
+        EXPECTED[f"stl10/mocov2_puzzlemix_c_{_bb}_ep{_ep}.yaml"] = ("stl10", "puzzlemix_c", _model, _ep)
+for _bb, _model in (("r18", "resnet18"), ("r50", "resnet50")):
+    EXPECTED[f"ssl_tiny_imagenet/mocov2_puzzlemix_c_{_bb}.yaml"] = ("tiny_imagenet", "puzzlemix_c", _model, 400)
+for _bb, _model, _ep in (("r18", "timm_resnet18", 100), ("r50", "timm_resnet50", 200)):
+    EXPECTED[f"ssl_imagenet/mocov2_puzzlemix_c_{_bb}.yaml"] = ("imagenet", "puzzlemix_c", _model, _ep)
+
 # the cluster-based baseline of Table 5 (samix.txt A.5.2 (a)), STL-10 only
 for _bb, _model in (("r18", "timm_resnet18"), ("r50", "timm_resnet50")):
     for _ep in (400, 800):
@@ -65,7 +74,7 @@ FOLDERS = ("stl10", "ssl_tiny_imagenet", "ssl_imagenet")
 def test_the_rows_are_exactly_the_cells_of_tables_5_and_6():
     found = {f"{d}/{p.name}" for d in FOLDERS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_")}
     assert found == set(EXPECTED), (sorted(found - set(EXPECTED)), sorted(set(EXPECTED) - found))
-    assert len(EXPECTED) == 28 + 16 + 8 + 8 + 4 + 4
+    assert len(EXPECTED) == 28 + 16 + 8 + 8 + 4 + 4 + 8
     for d in FOLDERS:
         assert (CONFIGS / d / "_base.yaml").is_file()
 
@@ -76,7 +85,8 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     cfg = load_config(CONFIGS / rel)
     a, o = cfg.algorithm, cfg.optim
     assert (cfg.data.name, cfg.model.name, cfg.epochs) == (dataset, model, epochs)
-    assert a.name == (method if method in ("samix_i", "samix_c", "interintra") else "moco") and a.queue_size == QUEUE[dataset]
+    assert a.name == {"samix_i": "samix_i", "samix_c": "samix_c", "interintra": "interintra",
+                      "puzzlemix_c": "moco_c"}.get(method, "moco") and a.queue_size == QUEUE[dataset]
     assert (a.temperature, a.momentum, a.dim, a.hidden_dim, a.mlp, a.cross_view) == (0.2, 0.999, 128, 2048, True, True)
     assert a.get("momentum_end") is None and a.get("knn_k", 200) == 200 and a.get("knn_t", 0.1) == 0.1
     assert (o.name, o.lr, o.momentum, o.weight_decay, cfg.batch_size) == ("sgd", 0.03, 0.9, 1e-4, 256)
@@ -89,7 +99,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
         assert dataset_info("stl10").test_split == "test"
     else:
         assert cfg.data.train_split is None
-    if method in ("samix_c", "interintra"):
+    if method in ("samix_c", "interintra", "puzzlemix_c"):
         assert a.num_clusters == 200  # samix.txt Sec. 4.3 (iv): C = 200
     if method in ("samix_i", "samix_c"):
         assert cfg.mixer.name == "none" and (a.alpha, a.stage) == (2.0, 3)
@@ -97,6 +107,11 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     elif method == "interintra":  # A.5.2 (a): CutMix alpha >= 2 between clusters, Mixup alpha 0.2 within
         assert cfg.mixer.name == "none" and (a.inter, a.intra, a.intra_alpha) == ("cutmix", "mixup", 0.2)
         assert a.inter_alpha >= 2
+    elif method == "puzzlemix_c":  # A.3's PuzzleMix alpha and the official block settings; the data's stats
+        assert (cfg.mixer.name, cfg.mixer.alpha, cfg.mixer.neigh_size, cfg.mixer.t_size) == ("puzzlemix", 1.0, 4, 4)
+        info = dataset_info(dataset)
+        assert [round(v, 3) for v in cfg.mixer.mean] == [round(v, 3) for v in info.mean]
+        assert [round(v, 3) for v in cfg.mixer.std] == [round(v, 3) for v in info.std]
     elif method == "samix_ip":  # the pre-trained pipeline: plain MoCo v2, masks from the frozen SAMix-I Mixer
         prefix = {"tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset]
         assert (cfg.mixer.name, cfg.mixer.alpha) == ("samix_p", 2.0)
@@ -114,6 +129,7 @@ def test_every_row_has_the_a4_moco_v2_protocol_and_its_cell(rel):
     assert bool(re.search(r"SAMix-I\b", head)) == (method == "samix_i") and ("SAMix-C" in head) == (method == "samix_c")
     assert ("SAMix-IP" in head) == (method == "samix_ip")
     assert ("Inter-Intra" in head) == (method == "interintra")
+    assert ("MoCo.V2(C) PuzzleMix" in head) == (method == "puzzlemix_c")
     assert cfg.name == {"stl10": "stl10", "tiny_imagenet": "ssl_tiny", "imagenet": "ssl_in1k"}[dataset] + "_" + \
         Path(rel).stem
 
@@ -139,3 +155,15 @@ def test_an_stl10_samix_i_row_builds_and_gives_a_finite_loss():
     x = torch.randn(4, 3, 96, 96)
     out = algo(((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long)))
     assert torch.isfinite(out["loss"]) and algo.mask_generator() is not None
+
+
+def test_an_stl10_puzzlemix_c_row_builds_and_mixes_on_its_cluster_saliency():
+    """The MoCo.V2(C) PuzzleMix row as ``samix train`` builds it: one step (before any clustering, so the
+    saliency is taken against uniform rows) gives a finite loss and a mixed term."""
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / "stl10/mocov2_puzzlemix_c_r18_ep400.yaml", ["algorithm.queue_size=8", "channels_last=false"])
+    algo = build_algorithm_from_config(cfg, dataset_info("stl10"), torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert type(algo).__name__ == "MoCoC" and algo.cluster_head.out_features == 200
+    x = torch.randn(4, 3, 96, 96)
+    out = algo(((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long), torch.arange(4)))
+    assert torch.isfinite(out["loss"]) and float(out["loss_mix"]) > 0

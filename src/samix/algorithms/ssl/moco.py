@@ -98,6 +98,10 @@ class MoCo(SSLAlgorithm):
         "shuffle_bn": True,
     }
 
+    #: the model signals (``Mixer.requires``) this algorithm can give a model-guided policy: none for MoCo,
+    #: which has no classifier; a subclass that has one (``moco_c``) names what it computes
+    GUIDE_SIGNALS: Tuple[str, ...] = ()
+
     def __init__(self, model: nn.Module, num_classes: int, mixer=None, **kwargs) -> None:
         super().__init__(model, num_classes, mixer, **kwargs)
         o = self.options
@@ -117,11 +121,14 @@ class MoCo(SSLAlgorithm):
         # the backbone's classifier is never used (no labels; the probe trains its own head): frozen, so it
         # is neither optimised nor an unused parameter for DDP
         model.get_classifier().requires_grad_(False)
-        if mixer is not None and getattr(mixer, "requires", ()):
-            raise ValueError(f"mixer.name={mixer.name} reads the model's {', '.join(mixer.requires)} of a "
-                             "classification loss, and self-supervised training has no labels for it (samix.txt "
-                             "A.5.2's PuzzleMix on pseudo labels is not built); use an input-space policy "
-                             "(mixup, cutmix, fmix, ...) or algorithm.name=interintra")
+        missing = [r for r in getattr(mixer, "requires", ()) if r not in self.GUIDE_SIGNALS] if mixer is not None else []
+        if missing:
+            where = (f"algorithm {type(self).__name__} provides {', '.join(self.GUIDE_SIGNALS)} only"
+                     if self.GUIDE_SIGNALS else "plain MoCo has no classifier for it")
+            raise ValueError(f"mixer.name={mixer.name} reads the model's {', '.join(missing)}, and "
+                             f"self-supervised training has no labels for it ({where}); use algorithm.name=moco_c "
+                             "(a cluster classifier on ODC pseudo labels, samix.txt's 'MoCo.V2(C) PuzzleMix') for "
+                             "saliency or activation policies, or an input-space policy (mixup, cutmix, fmix, ...)")
         if mixer is not None and getattr(mixer, "relabels", False):
             raise ValueError(f"mixer.name={mixer.name} re-weights a classification label from the model's "
                              "attention; MoCo's mixed loss has no class label to re-weight: use cutmix")
