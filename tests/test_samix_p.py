@@ -523,3 +523,33 @@ def test_config_binds_the_pretrained_mixer_to_the_data_and_refuses_stray_options
     # a mixer option without a mixer is a config error, not silently ignored
     with pytest.raises(ConfigError, match=r"mixer\.pretrained.*mixer\.name"):
         build(load_config(None, TINY + [f"mixer.pretrained={out}"]), "fashion_mnist")
+
+
+def test_a_mixer_exported_from_a_supervised_run_drives_the_ssl_recipe_frozen(samix_run, tmp_path):
+    """SAMix-IP with a supervised Mixer (issue 17 item 3): the metadata fit (one channel, 28 px), so
+    ``configs/fashion_mnist/samix_ip.yaml`` trains MoCo v2 on its masks, with the Mixer frozen (no gradient, in no parameter group)."""
+    from safetensors.torch import load_file
+
+    from samix.engine.config import load_config
+    from samix.engine.trainer import train
+
+    root, _, out = samix_run
+    ssl = ["model.name=convnet", "model.width=0.25", "batch_size=20", "epochs=1", "num_workers=0", "threads=1",
+           "log_interval=1000", "data.train_subset=null", "data.probe_subset=null", "algorithm.queue_size=40",
+           "eval_interval=1", "viz.every=0"]
+    s = train(load_config(REPO / "configs/fashion_mnist/samix_ip.yaml", ssl + [
+        f"data.root={root}", f"out_dir={tmp_path / 'ip'}", f"mixer.pretrained={out}"]))
+    assert 0 <= s["knn_top1"] <= 100
+    rows = [json.loads(x) for x in (tmp_path / "ip" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["loss_mix"] > 0 for r in rows)
+    from samix.data import dataset_info
+    from samix.engine.assembly import build_algorithm_from_config
+
+    algo = build_algorithm_from_config(load_config(tmp_path / "ip" / "config.yaml"), dataset_info("fashion_mnist"),
+                                       torch.device("cpu"), torch.Generator().manual_seed(0))
+    frozen = algo.mixer.frozen
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not {id(p) for g in algo.param_groups() for p in g["params"]} & {id(p) for p in frozen.parameters()}
+    gen = {k[len("generator."):]: v for k, v in load_file(str(out)).items() if k.startswith("generator.")}
+    for k, v in frozen.generator.state_dict().items():
+        assert torch.equal(v, gen[k]), k
