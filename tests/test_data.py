@@ -582,3 +582,32 @@ def test_real_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     assert abs(pix.mean().item() - info.mean[0]) < 5e-4 and abs(pix.std().item() - info.std[0]) < 5e-4
     sub = sd.stratified_subset(train, n_total=2000, seed=0)
     np.testing.assert_array_equal(np.bincount(sd.dataset_labels(sub)), [200] * 10)
+
+
+def test_deit_preset_erases_a_box_randaugments_and_tests_as_imagenet():
+    """The DeiT recipe's train augmentation: with RandAugment off and erasing at p = 1, a flat image keeps its
+    value everywhere but inside one random box; at p = 0 it stays flat. The test transform is ``imagenet``'s."""
+    import torch
+
+    from samix.data import build_transform, dataset_info
+
+    info = dataset_info("imagenet")
+    flat = torch.full((3, 40, 40), 128, dtype=torch.uint8)
+    torch.manual_seed(0)
+    kw = dict(image_size=32, scale=(1.0, 1.0), num_ops=0, flip=False)
+    kept = build_transform("deit", True, info, erase_p=0.0, **kw)(flat)
+    assert torch.allclose(kept, kept[:, :1, :1].expand_as(kept))
+    erased = build_transform("deit", True, info, erase_p=1.0, **kw)(flat)
+    changed = (erased != kept).any(0)
+    rows, cols = changed.nonzero(as_tuple=True)
+    assert 0 < int(changed.sum()) < 32 * 32
+    # the changed pixels fill one axis-aligned box
+    assert int(changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].sum()) > 0.9 * \
+        (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    img = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    aug = build_transform("deit", True, info, image_size=32, scale=(1.0, 1.0), erase_p=0.0, flip=False)
+    assert any(not torch.equal(aug(img), aug(img)) for _ in range(5))   # RandAugment draws its ops
+    assert torch.equal(build_transform("deit", False, info, image_size=32)(img),
+                       build_transform("imagenet", False, info, image_size=32)(img))
+    with pytest.raises(ValueError, match="erase_p"):
+        build_transform("deit", True, info, image_size=32, erase_p=2.0)

@@ -20,6 +20,9 @@ imagenet   RandomResizedCrop(size, scale=(0.08, 1)) + HorizontalFlip    Resize(s
 moco       MoCo v2: RandomResizedCrop(size, scale=(0.2, 1)), ColorJitter  as ``imagenet``
            (0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale(p=0.2),
            GaussianBlur(sigma in [0.1, 2]) with p=0.5, HorizontalFlip
+deit       DeiT: RandomResizedCrop(size, scale=(0.08, 1)) +             as ``imagenet``
+           HorizontalFlip + RandAugment(2 ops, magnitude 9) +
+           RandomErasing(p=0.25)
 none       nothing                                                     nothing
 =========  ==========================================================  =========================
 
@@ -29,7 +32,11 @@ least 3. Colour jitter's saturation/hue and RandomGrayscale leave 1-channel imag
 The ``imagenet`` test transform resizes the short side to ``round(size / crop_pct)``;
 ``crop_pct`` defaults to the dataset's (1.0 for Tiny-ImageNet and STL-10, whose images
 already have the training size, 0.875 otherwise). ``flip=False`` turns the horizontal
-flip off (e.g. for digits).
+flip off (e.g. for digits). ``deit`` is the DeiT recipe's augmentation (timm's ``rand-m9-mstd0.5-inc1``,
+``reprob 0.25``) from torchvision's ``v2.RandAugment`` and ``v2.RandomErasing``: torchvision's RandAugment
+draws its op list and a fixed magnitude (timm's adds magnitude noise, std 0.5), and the erased box is
+filled with random uint8 values before normalisation (timm: per-pixel normal noise after it). Repeated
+augmentation (DeiT's sampler) is not built.
 """
 
 from __future__ import annotations
@@ -107,6 +114,18 @@ def _imagenet(train: bool, size: Optional[Size], *, crop_pct: float, scale: Sequ
     if not train:
         return _center(size, crop_pct)
     return [v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True), *_flip(flip)]
+
+
+@register_preset("deit")
+def _deit(train: bool, size: Optional[Size], *, crop_pct: float, scale: Sequence[float] = (0.08, 1.0),
+          num_ops: int = 2, magnitude: int = 9, erase_p: float = 0.25, flip: bool = True) -> list:
+    size = _need_size("deit", size)
+    if not train:
+        return _center(size, crop_pct)
+    check_number("erase_p", erase_p, low=0.0, high=1.0)
+    return [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True), *_flip(flip),
+            v2.RandAugment(num_ops=int(num_ops), magnitude=int(magnitude)),
+            v2.RandomErasing(p=float(erase_p), value="random")]
 
 
 def moco_blur_kernel(size: Size) -> int:
