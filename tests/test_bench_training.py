@@ -291,3 +291,23 @@ def test_guided_cost_script_times_the_guided_policies_and_augmix(tmp_path):
     # three views in one forward hold about three times the activations of one
     assert rows["augmix"]["peak_mib"] > rows["vanilla"]["peak_mib"]
     assert set(res["puzzlemix_phases"]) == {"saliency pass", "graph cut", "transport plan + apply"}
+
+
+def test_mask_curves_reads_the_diagnostics_of_each_run_and_names_a_bad_input(tmp_path):
+    curves = _load("mask_curves")
+    run = tmp_path / "a"
+    run.mkdir()
+    rows = [{"epoch": e, "knn_top1": 50 + e, "mask_mu_err": 0.5 / e, "mask_std": 0.1 * e} for e in (1, 2, 3)]
+    rows.insert(1, {"step": 7, "loss": 1.0})  # a row without an epoch is not a point
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = curves.read_rows(run)
+    assert curves.series(got, "monitor") == ([1, 2, 3], [51, 52, 53])
+    assert curves.series(got, "mask_mu_err")[1] == pytest.approx([0.5, 0.25, 0.5 / 3])
+    assert curves.series(got, "mask_partner_sens") == ([], [])
+    out = tmp_path / "c.png"
+    assert curves.main([str(run), "--labels", "A", "--floor", "50", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="one label per run"):
+        curves.main([str(run), "--labels", "A", "B", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        curves.main([str(tmp_path / "missing"), "--out", str(out)])
