@@ -360,3 +360,19 @@ def test_model_guided_policies_are_drawn_on_photos_with_a_stand_in_signal(tmp_pa
     out = tmp_path / "g.png"
     assert main(["show", "--policies", "cutmix", "puzzlemix", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_token_policies_are_drawn_on_photos_with_a_token_grid_that_divides_the_image():
+    """SMMix needs a square token grid dividing the image: the attention stand-in is 8 x 8 at 128 px (a ViT/16's
+    grid), so its window is a whole number of 16-px tokens; TokenMix's realised share follows lam."""
+    photos = torch.rand(2, 3, 128, 128)
+    from samix.viz.grid import stand_in_signals
+
+    att = stand_in_signals(("attention",), photos)["attention"]
+    assert att.shape == (2, 8, 8)
+    cells = viz.mixing_cells("smmix", photos, lams=(0.5,))
+    mask = cells.masks[0, 0]
+    rows = (mask < 1).any(1).nonzero().flatten()
+    assert len(rows) > 0 and len(rows) % 16 == 0 and int(rows.min()) % 16 == 0
+    tok = viz.mixing_cells("tokenmix", photos, lams=(0.2, 0.8))
+    assert np.allclose(tok.realised, [0.2, 0.8], atol=0.05)

@@ -52,7 +52,8 @@ def default_policies() -> list[str]:
 def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
     """Model-free stand-ins for what a model-guided policy reads, to show it on photos without a network:
     the spectral-residual saliency (SaliencyMix's) at full size for ``saliency``, and the same map
-    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation`` and ``attention``, and normalised to sum
+    average-pooled to a 7 x 7 grid (a ResNet's last map at 224 px) for ``activation``, to a token grid that
+    divides the image (8 x 8 at 128 px: a ViT/16's) for ``attention``, and normalised to sum
     to 1 for ``cam`` (a semantic percent map). A figure of such a
     policy says so in its row label; in training the signals come from the online model."""
     import torch.nn.functional as F
@@ -67,8 +68,12 @@ def stand_in_signals(names: Sequence[str], photos: Tensor) -> dict:
     for n in names:
         if n == "saliency":
             out[n] = sal
-        elif n in ("activation", "attention"):
+        elif n == "activation":
             out[n] = F.adaptive_avg_pool2d(sal.unsqueeze(1), 7).squeeze(1)
+        elif n == "attention":  # a ViT/16's token grid: the patch must divide the image (128 px: 8 x 8)
+            side = min(photos.shape[-2:])
+            grid = next((g for g in (8, 7, 4) if photos.shape[-2] % g == 0 and photos.shape[-1] % g == 0), 7)
+            out[n] = F.adaptive_avg_pool2d(sal.unsqueeze(1), grid if side >= grid else 1).squeeze(1)
         elif n == "cam":  # a semantic percent map: non-negative, summing to 1
             c = sal - sal.flatten(1).min(1).values.view(-1, 1, 1)
             out[n] = c / c.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
