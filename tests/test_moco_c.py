@@ -135,7 +135,7 @@ def test_policies_the_cross_view_loss_cannot_score_get_a_sentence():
     with pytest.raises(ValueError, match="algorithm.name=moco_c"):
         build_algorithm("moco", model=model, num_classes=10, mixer=build_mixer("puzzlemix", num_classes=10),
                         queue_size=40)
-    with pytest.raises(ValueError, match="cam"):
+    with pytest.raises(ValueError, match="cam; algorithm MoCoC gives a guided policy saliency, activation only"):
         _algo("snapmix", mixer_kw={})
     with pytest.raises(ValueError, match="set mixer.name"):
         build_algorithm("moco_c", model=model, num_classes=10, queue_size=40)

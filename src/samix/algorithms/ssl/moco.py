@@ -121,14 +121,18 @@ class MoCo(SSLAlgorithm):
         # the backbone's classifier is never used (no labels; the probe trains its own head): frozen, so it
         # is neither optimised nor an unused parameter for DDP
         model.get_classifier().requires_grad_(False)
-        missing = [r for r in getattr(mixer, "requires", ()) if r not in self.GUIDE_SIGNALS] if mixer is not None else []
+        needs = tuple(getattr(mixer, "requires", ())) if mixer is not None else ()
+        missing = [r for r in needs if r not in self.GUIDE_SIGNALS]
+        if missing and self.GUIDE_SIGNALS:
+            raise ValueError(f"mixer.name={mixer.name} reads the model's {', '.join(missing)}; algorithm "
+                             f"{type(self).__name__} gives a guided policy {', '.join(self.GUIDE_SIGNALS)} only: "
+                             "use puzzlemix or attentivemix, or an input-space policy (mixup, cutmix, fmix, ...)")
         if missing:
-            where = (f"algorithm {type(self).__name__} provides {', '.join(self.GUIDE_SIGNALS)} only"
-                     if self.GUIDE_SIGNALS else "plain MoCo has no classifier for it")
             raise ValueError(f"mixer.name={mixer.name} reads the model's {', '.join(missing)}, and "
-                             f"self-supervised training has no labels for it ({where}); use algorithm.name=moco_c "
-                             "(a cluster classifier on ODC pseudo labels, samix.txt's 'MoCo.V2(C) PuzzleMix') for "
-                             "saliency or activation policies, or an input-space policy (mixup, cutmix, fmix, ...)")
+                             "self-supervised training has no labels for it (plain MoCo has no classifier); use "
+                             "algorithm.name=moco_c (a cluster classifier on ODC pseudo labels, samix.txt's "
+                             "'MoCo.V2(C) PuzzleMix') for saliency or activation policies, or an input-space policy "
+                             "(mixup, cutmix, fmix, ...)")
         if mixer is not None and getattr(mixer, "relabels", False):
             raise ValueError(f"mixer.name={mixer.name} re-weights a classification label from the model's "
                              "attention; MoCo's mixed loss has no class label to re-weight: use cutmix")
