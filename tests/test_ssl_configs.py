@@ -167,3 +167,52 @@ def test_an_stl10_puzzlemix_c_row_builds_and_mixes_on_its_cluster_saliency():
     x = torch.randn(4, 3, 96, 96)
     out = algo(((x, x + 0.1 * torch.randn_like(x)), torch.zeros(4, dtype=torch.long), torch.arange(4)))
     assert torch.isfinite(out["loss"]) and float(out["loss_mix"]) > 0
+
+
+# The seed-2 ablations of SAMix-I (docs/results.md, issue 17): each changes exactly what its name says.
+SAMIX_I_ABLATIONS = {
+    "samix_i_adjust_all.yaml": {"lam_adjust_prob": 1.0},
+    "samix_i_mask_w1.yaml": {"mask_loss_weight": 1.0},
+    "samix_i_bce.yaml": {"instance_loss": "bce"},
+    "samix_i_no_attention.yaml": {"attention": False},
+    "samix_i_no_adaptive_lambda.yaml": {"adaptive_lambda": False},
+    "samix_i_linear_content.yaml": {"nonlinear_content": False},
+}
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SAMIX_I_ABLATIONS))
+def test_each_samix_i_ablation_changes_only_its_switch(name):
+    from omegaconf import OmegaConf
+
+    base = _flat(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist/samix_i.yaml"), resolve=True))
+    abl = _flat(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist" / name), resolve=True))
+    diff = {k for k in set(base) | set(abl) if base.get(k, "<absent>") != abl.get(k, "<absent>")}
+    expected = {f"algorithm.{k}" for k in SAMIX_I_ABLATIONS[name]} | {"name", "out_dir"}  # out_dir follows name
+    assert diff == expected, f"{name} changes {sorted(diff)}, expected {sorted(expected)}"
+    for k, v in SAMIX_I_ABLATIONS[name].items():
+        assert abl[f"algorithm.{k}"] == v
+    assert abl["name"] == "fm_" + name.removesuffix(".yaml")
+
+
+@pytest.mark.parametrize("name,attr", [("samix_i_no_attention.yaml", "use_attention"),
+                                       ("samix_i_no_adaptive_lambda.yaml", "adaptive_lambda"),
+                                       ("samix_i_linear_content.yaml", "nonlinear_content")])
+def test_a_module_ablation_builds_a_mixer_without_that_module(name, attr):
+    cfg = load_config(CONFIGS / "fashion_mnist" / name, ["algorithm.queue_size=8"])
+    algo = build_algorithm_from_config(cfg, dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    assert getattr(algo.mix_block, attr) is False
+    base = build_algorithm_from_config(load_config(CONFIGS / "fashion_mnist/samix_i.yaml", ["algorithm.queue_size=8"]),
+                                       dataset_info("fashion_mnist"), torch.device("cpu"),
+                                       torch.Generator().manual_seed(0))
+    assert getattr(base.mix_block, attr) is True
