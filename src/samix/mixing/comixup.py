@@ -112,56 +112,68 @@ class CoMixup(Mixer):
         return (1 - self.omega) * torch.eye(m) + self.omega * d
 
     def assign(self, sal_blocks: Tensor, A: Tensor, prior: np.ndarray, rng: np.random.Generator) -> Tensor:
-        """One partition: ``[m, n, n, m]`` one-hot labelings of its ``m`` outputs (module docstring)."""
+        """One partition: ``[m, n, n, m]`` one-hot labelings of its ``m`` outputs (module docstring).
+
+        The sweep runs in numpy, not torch: each of its ``niter x m`` cuts needs a dozen operations on
+        vectors of ``m`` numbers, where torch's per-call overhead (several microseconds) was 2-3x the cut
+        itself; the arithmetic is the same, in float64."""
         gco = _gco()
         m, n = sal_blocks.shape[0], sal_blocks.shape[-1]
         nb = n * n
         beta, gamma, eta = self.beta / nb, self.gamma / nb, self.eta / nb
         thres = self.thres * nb
-        norm = sal_blocks / sal_blocks.flatten(1).sum(1).clamp_min(1e-12).view(m, 1, 1)
-        cost = -norm.double() - eta * torch.log(torch.as_tensor(prior, dtype=torch.float64) + 1e-8).view(m, 1, 1)
-        labels = torch.as_tensor(rng.integers(0, m, (m, n, n)))
-        onehot = F.one_hot(labels, m).double()
-        usage_total = onehot.flatten(1, 2).sum(1).sum(0)                  # [m]: blocks taken from each input
-        A = A.double()
+        sal = sal_blocks.double().numpy()
+        norm = sal / np.maximum(sal.reshape(m, -1).sum(1), 1e-12).reshape(m, 1, 1)
+        cost = -norm - eta * np.log(np.asarray(prior, dtype=np.float64) + 1e-8).reshape(m, 1, 1)   # [m, n, n]
+        unary_base = np.ascontiguousarray(cost.transpose(1, 2, 0))                                 # [n, n, m]
+        labels = rng.integers(0, m, (m, n, n)).reshape(m, nb)
+        usage = np.stack([np.bincount(row, minlength=m) for row in labels]).astype(np.float64)   # [m_out, m]
+        usage_total = usage.sum(0)                                        # [m]: blocks taken from each input
+        A = A.double().numpy()
         pairwise = (1.0 - np.eye(m)).astype(np.float64)
         cost_v = np.full((n - 1, n), beta)
         cost_h = np.full((n, n - 1), beta)
-        add_cost = torch.zeros(m, m, dtype=torch.float64)
-        prev = labeling_objective(cost, onehot, beta, gamma)
+        add_cost = np.zeros((m, m))
+        hard = self.thres_type == "hard"
+        cost_t = torch.from_numpy(cost)
+
+        def objective() -> float:
+            return float(labeling_objective(cost_t, F.one_hot(torch.from_numpy(labels).view(m, n, n), m).double(),
+                                            beta, gamma))
+
+        prev = objective()
         for it in range(self.niter):
             for i in range(m):
-                own = onehot[i].flatten(0, 1).sum(0)
-                others = A @ (usage_total - own)
-                over = others > thres
-                pen = 2 * gamma * (over.double() * (others if self.thres_type == "hard" else others - thres))
-                unary = (cost + (pen + gamma * add_cost[i]).view(m, 1, 1)).permute(1, 2, 0)
-                lab = gco.cut_grid_graph(np.ascontiguousarray(unary.numpy()), pairwise, cost_v, cost_h,
-                                         algorithm=self.algorithm)
-                new = F.one_hot(torch.as_tensor(np.asarray(lab, dtype=np.int64)).view(n, n), m).double()
-                usage_total = usage_total - own + new.flatten(0, 1).sum(0)
-                onehot[i] = new
+                others = A @ (usage_total - usage[i])
+                pen = 2 * gamma * ((others > thres) * (others if hard else others - thres))
+                unary = unary_base + (pen + gamma * add_cost[i])
+                lab = np.asarray(gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm=self.algorithm),
+                                 dtype=np.int64)
+                new = np.bincount(lab, minlength=m).astype(np.float64)
+                usage_total += new - usage[i]
+                usage[i] = new
+                labels[i] = lab
             if self.set_resolve and it == self.niter - 2:
-                add_cost = self._resolve(onehot)
-            cur = labeling_objective(cost, onehot, beta, gamma)
-            if abs(float(prev - cur)) <= 1e-6 * abs(float(cur)):
+                add_cost = self._resolve(usage)
+            cur = objective()
+            if abs(prev - cur) <= 1e-6 * abs(cur):
                 break
             prev = cur
-        return onehot
+        return F.one_hot(torch.from_numpy(labels).view(m, n, n), m).double()
 
     @staticmethod
-    def _resolve(onehot: Tensor) -> Tensor:
-        """Outputs that use the same set of inputs: each of a coinciding pair is pushed off one of them."""
-        m = onehot.shape[0]
-        used = (onehot.flatten(1, 2).sum(1) > 0).double()
-        add = torch.zeros_like(used)
-        same = torch.triu(((used.unsqueeze(1) - used.unsqueeze(0)).abs().sum(-1) == 0).double(), diagonal=1)
-        for i1, i2 in same.nonzero().tolist():
-            nz = used[i1].nonzero().flatten()
-            if nz.numel() > 1:
+    def _resolve(usage: np.ndarray) -> np.ndarray:
+        """Outputs that use the same set of inputs (``usage [m_out, m]``, block counts): each of a coinciding
+        pair is pushed off one of them (a ``[m_out, m]`` extra cost)."""
+        used = (usage > 0).astype(np.float64)
+        add = np.zeros_like(used)
+        same = np.triu(np.abs(used[:, None, :] - used[None, :, :]).sum(-1) == 0, k=1)
+        for i1, i2 in zip(*np.nonzero(same)):
+            nz = np.flatnonzero(used[i1])
+            if nz.size > 1:
                 add[i1, nz[0]] = 1.0
                 add[i2, nz[1]] = 1.0
-        return add[:, :m]
+        return add
 
     # ------------------------------------------------------------------ the policy
     def _mix(self, images: Tensor, index: Tensor, lam: np.ndarray, saliency: Tensor = None) -> MixResult:
