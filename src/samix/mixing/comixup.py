@@ -115,8 +115,8 @@ class CoMixup(Mixer):
         """One partition: ``[m, n, n, m]`` one-hot labelings of its ``m`` outputs (module docstring).
 
         The sweep runs in numpy, not torch: each of its ``niter x m`` cuts needs a dozen operations on
-        vectors of ``m`` numbers, where torch's per-call overhead (several microseconds) was 2-3x the cut
-        itself; the arithmetic is the same, in float64."""
+        vectors of ``m`` numbers, where torch's per-call overhead (microseconds each) outweighed the arithmetic
+        (the policy: 45.8 -> 40.2 ms per 100-image batch at 1 thread); the arithmetic is the same, in float64."""
         gco = _gco()
         m, n = sal_blocks.shape[0], sal_blocks.shape[-1]
         nb = n * n
