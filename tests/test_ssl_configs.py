@@ -180,22 +180,14 @@ SAMIX_I_ABLATIONS = {
 }
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(SAMIX_I_ABLATIONS))
 def test_each_samix_i_ablation_changes_only_its_switch(name):
     from omegaconf import OmegaConf
 
-    base = _flat(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist/samix_i.yaml"), resolve=True))
-    abl = _flat(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist" / name), resolve=True))
+    from samix.engine.config import _flatten  # the flattening resume_drift compares configs with
+
+    base = _flatten(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist/samix_i.yaml"), resolve=True))
+    abl = _flatten(OmegaConf.to_container(load_config(CONFIGS / "fashion_mnist" / name), resolve=True))
     diff = {k for k in set(base) | set(abl) if base.get(k, "<absent>") != abl.get(k, "<absent>")}
     expected = {f"algorithm.{k}" for k in SAMIX_I_ABLATIONS[name]} | {"name", "out_dir"}  # out_dir follows name
     assert diff == expected, f"{name} changes {sorted(diff)}, expected {sorted(expected)}"
